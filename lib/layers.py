@@ -1,0 +1,124 @@
+"""The layers of Nielsen's `network3.py` as Flax linen modules.
+
+"Neural Networks and Deep Learning", chapter 6: `ConvPoolLayer`,
+`FullyConnectedLayer` and `SoftmaxLayer`, with the book's initialisation and its
+form of dropout (inputs dropped in training, weights scaled by 1 - p at test time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "linear": lambda z: z,
+}
+
+INITS = ("book", "sqrt_n_in")
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}'; choose from {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def _normal(std: float) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=std)
+
+
+def weight_std(init: str, n_in: int, n_out: float) -> float:
+    """The book's N(0, 1/n_out) weights, or N(0, 1/n_in) (its later suggestion)."""
+    if init == "book":
+        return float(np.sqrt(1.0 / n_out))
+    if init == "sqrt_n_in":
+        return float(np.sqrt(1.0 / n_in))
+    raise ValueError(f"unknown init '{init}'; choose from {INITS}")
+
+
+def book_dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> jax.Array:
+    """Dropout as `network3.py` does it: no rescaling while training, x (1 - p) at test."""
+    if rate == 0.0:
+        return x
+    if not train:
+        return x * (1.0 - rate)
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x, 0.0)
+
+
+class ConvPool(nn.Module):
+    """`ConvPoolLayer`: valid convolution, max-pooling, then activation(pooled + bias).
+
+    The bias is added after pooling, as in the book, so pooling commutes with it.
+    """
+
+    features: int
+    filter_size: int = 5
+    pool_size: int = 2
+    activation: str = "sigmoid"
+    weight_init: str = "book"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, p = self.filter_size, self.pool_size
+        n_in = x.shape[-1] * k * k
+        n_out = self.features * k * k / (p * p)
+        std = weight_std(self.weight_init, n_in, n_out)
+        kernel = self.param("kernel", _normal(std), (k, k, x.shape[-1], self.features))
+        bias = self.param("bias", _normal(1.0), (self.features,))
+        dtype = self.dtype or x.dtype
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype),
+            kernel.astype(dtype),
+            window_strides=(1, 1),
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        y = nn.max_pool(y, (p, p), strides=(p, p))
+        return activation_fn(self.activation)(y + bias.astype(dtype))
+
+
+class FullyConnected(nn.Module):
+    """`FullyConnectedLayer`: activation((1 - p) x . w + b), with the input dropped in training."""
+
+    features: int
+    activation: str = "sigmoid"
+    dropout: float = 0.0
+    weight_init: str = "book"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        std = weight_std(self.weight_init, x.shape[-1], self.features)
+        kernel = self.param("kernel", _normal(std), (x.shape[-1], self.features))
+        bias = self.param("bias", _normal(1.0), (self.features,))
+        dtype = self.dtype or x.dtype
+        x = book_dropout(self, x.astype(dtype), self.dropout, train)
+        return activation_fn(self.activation)(x @ kernel.astype(dtype) + bias.astype(dtype))
+
+
+class Softmax(nn.Module):
+    """`SoftmaxLayer`, returning the logits (the softmax is applied by the cost).
+
+    Weights and biases start at zero, as in the book.
+    """
+
+    features: int = 10
+    dropout: float = 0.0
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.zeros, (x.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        dtype = self.dtype or x.dtype
+        x = book_dropout(self, x.astype(dtype), self.dropout, train)
+        return (x @ kernel.astype(dtype) + bias.astype(dtype)).astype(jnp.float32)

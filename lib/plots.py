@@ -1,0 +1,72 @@
+"""Figures written as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def accuracy_curves(
+    history: Sequence[Mapping], path: str | Path, title: str = "", book_accuracy: float = 0.0
+) -> None:
+    """Validation (and training) accuracy per epoch; test accuracy where it was scored."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(epochs, [100 * h["val_accuracy"] for h in history], "-o", ms=3, label="validation")
+    if all("train_accuracy" in h for h in history):
+        ax.plot(
+            epochs,
+            [100 * h["train_accuracy"] for h in history],
+            "-",
+            alpha=0.5,
+            label="training (mini-batches)",
+        )
+    tested = [h for h in history if "test_accuracy" in h]
+    if tested:
+        ax.plot(
+            [h["epoch"] for h in tested],
+            [100 * h["test_accuracy"] for h in tested],
+            "s",
+            ms=4,
+            label="test (at new best validation)",
+        )
+    if book_accuracy:
+        ax.axhline(book_accuracy, color="grey", ls="--", lw=1, label=f"book: {book_accuracy}%")
+    low = min(100 * h["val_accuracy"] for h in history)
+    ax.set_ylim(max(low - 0.5, 90.0 if low > 90 else low - 1), 100)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def filter_grid(kernel: np.ndarray, path: str | Path, title: str = "") -> None:
+    """The first convolutional layer's filters (k, k, 1, F) as a grid of k x k images.
+
+    Darker is a larger weight, as in the book's figure of the learned 5x5 filters.
+    """
+    kernel = np.asarray(kernel)
+    filters = kernel[:, :, 0, :].transpose(2, 0, 1)
+    n = filters.shape[0]
+    cols = min(10, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4))
+    for i, ax in enumerate(np.atleast_1d(axes).ravel()):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(filters[i], cmap="Greys", interpolation="nearest")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

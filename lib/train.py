@@ -1,0 +1,553 @@
+"""Training: the train state, pure train and eval steps, the epoch loop, model selection.
+
+Nielsen's `network3.py` (chapter 6) trains by plain SGD on mini-batches of the
+log-likelihood cost plus an L2 penalty, and reports test accuracy at the epoch
+of best validation accuracy. The pieces here are pure functions compiled with
+`jax.jit`; `train_and_evaluate` strings them into a run that checkpoints every
+epoch and resumes where it stopped.
+
+The training images live on the device. Each step gathers its mini-batch by
+index, so an epoch is a (steps, batch) array of indices into that data, drawn
+from `jax.random.fold_in(key, epoch)`: the same epoch always sees the same
+batches, which is what makes a resumed run end exactly where an uninterrupted
+one does. Two epoch drivers run those steps: one `lax.scan` over the epoch
+(accelerators: the host stays out of the loop) or a host loop over a jitted
+step (CPU, where XLA runs convolutions inside a scan body several times slower).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from lib import parallel
+from lib.data import Split, Splits
+
+Batch = tuple[jax.Array, jax.Array]
+BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
+
+
+class ConfigError(ValueError):
+    """A training setting that cannot work; the message says which and why."""
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class TrainState(NamedTuple):
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    l2: float = 0.0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    seed: int = 0
+    ensemble: int = 1
+    expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
+    augment: Any = None  # a lib.augment.AugmentConfig applied to every training batch
+    eval_batch_size: int = 1000
+    driver: str = "auto"  # "scan", "loop", or "auto" (scan on accelerators, loop on CPU)
+    num_devices: int | None = None
+
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+DRIVERS = ("auto", "scan", "loop")
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9):
+    """Plain SGD is the book's: w <- w - eta * grad."""
+    if name == "sgd":
+        return optax.sgd(learning_rate)
+    if name == "momentum":
+        return optax.sgd(learning_rate, momentum=momentum)
+    if name == "nesterov":
+        return optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return optax.adam(learning_rate)
+    raise ConfigError(f"unknown optimizer '{name}'; choose from {', '.join(OPTIMIZERS)}")
+
+
+def resolve_driver(driver: str) -> str:
+    if driver not in DRIVERS:
+        raise ConfigError(f"unknown driver '{driver}'; choose from {', '.join(DRIVERS)}")
+    if driver == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "scan"
+    return driver
+
+
+def virtual_train_size(n: int, config: TrainConfig) -> int:
+    return 5 * n if config.expanded else n
+
+
+def validate(config: TrainConfig, n_train: int) -> None:
+    """Raise ConfigError for settings that cannot train."""
+    if config.learning_rate <= 0:
+        raise ConfigError(f"learning rate must be positive, got {config.learning_rate}")
+    if config.batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {config.batch_size}")
+    n = virtual_train_size(n_train, config)
+    if config.batch_size > n:
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than the {n} training examples; "
+            "lower --batch_size or raise --train_size"
+        )
+    if config.epochs <= 0:
+        raise ConfigError(f"epochs must be positive, got {config.epochs}")
+    if config.l2 < 0:
+        raise ConfigError(f"l2 must not be negative, got {config.l2}")
+    if config.ensemble < 1:
+        raise ConfigError(f"ensemble must be at least 1, got {config.ensemble}")
+    if config.eval_batch_size <= 0:
+        raise ConfigError(f"eval batch size must be positive, got {config.eval_batch_size}")
+    make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    resolve_driver(config.driver)
+
+
+# ----------------------------------------------------------------------------- cost and steps
+
+
+def l2_penalty(params: Any) -> jax.Array:
+    """Sum of squared weights (kernels), not biases, as in `network3.py`."""
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(
+        jnp.sum(jnp.square(w)) for path, w in leaves if getattr(path[-1], "key", None) == "kernel"
+    )
+
+
+def make_cost(model: nn.Module, l2_scale: float) -> Callable:
+    """cost(params, x, y, rng, train) -> (mean log-likelihood cost + l2_scale * sum w^2, aux).
+
+    The book's regularised cost has l2_scale = 0.5 * lambda / (mini-batches per epoch).
+    """
+
+    def cost(params, x, y, rng, train: bool):
+        logits = model.apply({"params": params}, x, train=train, rngs={"dropout": rng})
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        total = nll + l2_scale * l2_penalty(params) if l2_scale else nll
+        return total, {"nll": nll, "accuracy": accuracy}
+
+    return cost
+
+
+def gather_batch(data: Mapping[str, jax.Array], idx: jax.Array, key: jax.Array) -> Batch:
+    del key
+    return data["images"][idx], data["labels"][idx]
+
+
+def make_batch_fn(expanded: bool = False, augment: Any = None) -> BatchFn:
+    """Gather a mini-batch by index, from the book's expanded set if asked, then augment."""
+    if not expanded and augment is None:
+        return gather_batch
+    from lib import augment as aug
+
+    def batch_fn(data, idx, key):
+        if expanded:
+            x, y = aug.fixed_shift_batch(data["images"], data["labels"], idx)
+        else:
+            x, y = gather_batch(data, idx, key)
+        if augment is not None:
+            x = aug.augment_batch(key, x, augment)
+        return x, y
+
+    return batch_fn
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    l2_scale: float,
+    batch_fn: BatchFn = gather_batch,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Callable:
+    """train_step(state, data, idx, key) -> (state, metrics); pure, for `jax.jit`.
+
+    The step's randomness (dropout, augmentation) is `fold_in(key, state.step)`.
+    """
+    cost = make_cost(model, l2_scale)
+    grad_fn = jax.value_and_grad(cost, has_aux=True)
+
+    def train_step(state: TrainState, data, idx, key):
+        rng = jax.random.fold_in(key, state.step)
+        batch_key, dropout_key = jax.random.split(rng)
+        x, y = batch_fn(data, idx, batch_key)
+        if sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, sharding)
+            y = jax.lax.with_sharding_constraint(y, sharding)
+        (loss, aux), grads = grad_fn(state.params, x, y, dropout_key, True)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, **aux}
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return train_step
+
+
+def ensemble_step(train_step: Callable) -> Callable:
+    """K members in one program: state, indices and key carry a leading member axis."""
+    return jax.vmap(train_step, in_axes=(0, None, 0, 0))
+
+
+def init_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    sample: jax.Array,
+    members: int = 1,
+) -> TrainState:
+    def one(k):
+        params = model.init({"params": k, "dropout": k}, sample, train=False)["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+    if members == 1:
+        return jax.jit(one)(key)
+    return jax.jit(jax.vmap(one))(jax.random.split(key, members))
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def epoch_indices(key: jax.Array, epoch: int, n: int, batch_size: int, members: int = 1):
+    """The epoch's mini-batches as indices: (steps, batch), or (steps, members, batch).
+
+    A random permutation of the n examples cut into whole batches (the remainder
+    waits for the next epoch's permutation), different for each ensemble member.
+    """
+    steps = n // batch_size
+
+    def one(k):
+        return jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
+
+    epoch_key = jax.random.fold_in(key, epoch)
+    if members == 1:
+        return one(epoch_key)
+    keys = jax.vmap(lambda m: jax.random.fold_in(epoch_key, m))(jnp.arange(members))
+    return jnp.swapaxes(jax.vmap(one)(keys), 0, 1)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _epoch_indices_jit(key, epoch, n, batch_size, members):
+    return epoch_indices(key, epoch, n, batch_size, members)
+
+
+# ----------------------------------------------------------------------------- epoch drivers
+
+
+class EpochRunner:
+    """Runs a slice of an epoch's steps, by `lax.scan` or by a host loop over a jitted step."""
+
+    def __init__(self, step_fn: Callable, driver: str, check_every: int = 100):
+        self.driver = resolve_driver(driver)
+        self.check_every = check_every
+        if self.driver == "scan":
+
+            def run_scan(state, data, idx, key):
+                return jax.lax.scan(lambda s, i: step_fn(s, data, i, key), state, idx)
+
+            self._scan = jax.jit(run_scan, donate_argnums=0)
+        else:
+
+            def one_step(state, data, idx, i, key):
+                return step_fn(state, data, jax.lax.dynamic_index_in_dim(idx, i, 0, False), key)
+
+            self._step = jax.jit(one_step, donate_argnums=0)
+
+    def __call__(
+        self,
+        state: TrainState,
+        data,
+        idx: jax.Array,
+        key: jax.Array,
+        should_stop: Callable[[], bool] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[TrainState, dict[str, np.ndarray]]:
+        """Returns the new state and each step's metrics (fewer steps if stopped early)."""
+        if self.driver == "scan":
+            state, metrics = self._scan(state, data, idx, key)
+            return state, jax.device_get(metrics)
+        collected = []
+        for i in range(idx.shape[0]):
+            state, metrics = self._step(state, data, idx, i, key)
+            collected.append(metrics)
+            if (i + 1) % self.check_every == 0:
+                if not np.all(np.isfinite(np.asarray(metrics["loss"]))):
+                    break  # the caller finds the first bad step
+                if progress is not None:
+                    progress(i + 1)
+                if should_stop is not None and should_stop():
+                    break
+        metrics = jax.device_get(collected)
+        return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def make_predict(model: nn.Module, members: int = 1) -> Callable:
+    """predict(params, x) -> labels (N,) or (members, N), in eval mode, jitted."""
+
+    def predict(params, x):
+        return jnp.argmax(model.apply({"params": params}, x, train=False), -1)
+
+    if members > 1:
+        predict = jax.vmap(predict, in_axes=(0, None))
+    return jax.jit(predict)
+
+
+def majority_vote(predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """The most common label over members (axis 0); ties go to the lowest label."""
+    votes = np.zeros((*predictions.shape[1:], num_classes), np.int32)
+    for member in predictions:
+        votes[np.arange(member.shape[0]), member] += 1
+    return np.argmax(votes, -1)
+
+
+def predict_split(predict: Callable, params: Any, images, batch_size: int) -> np.ndarray:
+    """Labels for every image, in fixed-size batches (the last padded, so one compile)."""
+    n = images.shape[0]
+    batch_size = min(batch_size, n)
+    out = []
+    for start in range(0, n, batch_size):
+        x = images[start : start + batch_size]
+        pad = batch_size - x.shape[0]
+        if pad:
+            x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+        out.append(predict(params, x))
+    labels = np.concatenate([np.asarray(p) for p in jax.device_get(out)], axis=-1)
+    return labels[..., :n]
+
+
+def accuracies(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) -> dict:
+    """Accuracy of one net, or of each member and of the ensemble's majority vote."""
+    labels = np.asarray(labels)
+    if predictions.ndim == 1:
+        return {"accuracy": float(np.mean(predictions == labels))}
+    members = [float(np.mean(p == labels)) for p in predictions]
+    vote = majority_vote(predictions, num_classes)
+    return {"accuracy": float(np.mean(vote == labels)), "member_accuracy": members}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class GracefulStop:
+    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class RunResult(NamedTuple):
+    summary: dict
+    state: TrainState
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What the caller hears during a run (the library itself never prints)."""
+
+    on_start: Callable[[dict], None] = lambda info: None
+    on_epoch: Callable[[dict], None] = lambda record: None
+    on_progress: Callable[[dict], None] = lambda progress: None
+
+
+def _first_bad_step(losses: np.ndarray) -> int | None:
+    bad = ~np.isfinite(losses.reshape(losses.shape[0], -1)).all(axis=1)
+    return int(np.argmax(bad)) if bad.any() else None
+
+
+def train_and_evaluate(
+    model: nn.Module,
+    splits: Splits,
+    config: TrainConfig,
+    workdir: str | Path,
+    hooks: Hooks | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Train, evaluate every epoch, keep test accuracy at the best validation epoch.
+
+    Resumes from `workdir/checkpoints` when there is one. Writes metrics.jsonl and
+    TensorBoard events as it goes and returns the summary with the final state;
+    `summary["finished"]` is False when `should_stop` ended
+    the run early. Raises DivergedError on a non-finite loss, before saving.
+    """
+    from lib.checkpoint import Checkpointer
+    from lib.metrics import MetricsWriter
+
+    hooks = hooks or Hooks()
+    workdir = Path(workdir)
+    train: Split = splits.train
+    validate(config, len(train))
+    members = config.ensemble
+    n_virtual = virtual_train_size(len(train), config)
+    steps_per_epoch = n_virtual // config.batch_size
+    mesh = parallel.make_mesh(config.num_devices, config.batch_size)
+    sharding = parallel.batch_sharding(mesh, 0) if mesh.size > 1 else None
+
+    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    l2_scale = 0.5 * config.l2 / steps_per_epoch
+    step_fn = make_train_step(
+        model, optimizer, l2_scale, make_batch_fn(config.expanded, config.augment), sharding
+    )
+    if members > 1:
+        step_fn = ensemble_step(step_fn)
+    runner = EpochRunner(step_fn, config.driver)
+    predict = make_predict(model, members)
+
+    root = jax.random.PRNGKey(config.seed)
+    init_key, shuffle_key, step_key = jax.random.split(root, 3)
+    if members > 1:
+        step_key = jax.random.split(step_key, members)
+    state = init_state(model, optimizer, init_key, jnp.asarray(train.images[:1]), members)
+    state = parallel.put_replicated(state, mesh)
+    data = parallel.put_replicated({"images": train.images, "labels": train.labels}, mesh)
+    val_x, test_x = parallel.put_replicated((splits.validation.images, splits.test.images), mesh)
+
+    checkpoints = Checkpointer(workdir / "checkpoints")
+    writer = MetricsWriter(workdir)
+    record: dict = {"history": [], "best": None, "wall_time_s": 0.0}
+    if checkpoints.latest_step() is not None:
+        state, record = checkpoints.restore(state)
+    writer.reset(record["history"])
+    hooks.on_start(
+        {
+            "resumed_step": int(state.step if members == 1 else state.step[0]),
+            "steps_per_epoch": steps_per_epoch,
+            "devices": mesh.size,
+            "driver": runner.driver,
+            "params": count_params(state.params) // members,
+        }
+    )
+
+    def evaluate(x, split: Split, params) -> dict:
+        return accuracies(predict_split(predict, params, x, config.eval_batch_size), split.labels)
+
+    finished = True
+    try:
+        while True:
+            step = int(np.asarray(state.step).reshape(-1)[0])
+            epoch, offset = divmod(step, steps_per_epoch)
+            if epoch >= config.epochs:
+                break
+            started = time.perf_counter()
+            idx = _epoch_indices_jit(shuffle_key, epoch, n_virtual, config.batch_size, members)[
+                offset:
+            ]
+
+            def progress(done, _epoch=epoch, _offset=offset, _started=started):
+                seconds = time.perf_counter() - _started
+                hooks.on_progress(
+                    {
+                        "epoch": _epoch + 1,
+                        "step": _offset + done,
+                        "steps": steps_per_epoch,
+                        "examples_per_s": done * config.batch_size * members / seconds,
+                    }
+                )
+
+            state, metrics = runner(state, data, idx, step_key, should_stop, progress)
+            bad = _first_bad_step(metrics["loss"])
+            if bad is not None:
+                raise DivergedError(
+                    f"loss became {metrics['loss'].reshape(len(metrics['loss']), -1)[bad]} "
+                    f"at epoch {epoch + 1}, step {offset + bad + 1} of {steps_per_epoch}; "
+                    "the last good checkpoint is kept. Lower the learning rate."
+                )
+            done = len(metrics["loss"])
+            train_seconds = time.perf_counter() - started
+            if offset + done < steps_per_epoch:  # asked to stop mid-epoch
+                record["wall_time_s"] += train_seconds
+                checkpoints.save(int(np.asarray(state.step).reshape(-1)[0]), state, record)
+                finished = False
+                break
+            val = evaluate(val_x, splits.validation, state.params)
+            best = record["best"]
+            entry = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(metrics["loss"])),
+                "train_accuracy": float(np.mean(metrics["accuracy"])),
+                "val_accuracy": val["accuracy"],
+                "epoch_time_s": train_seconds,
+                "examples_per_s": done * config.batch_size * members / train_seconds,
+            }
+            if "member_accuracy" in val:
+                entry["val_member_accuracy"] = val["member_accuracy"]
+            if best is None or val["accuracy"] > best["val_accuracy"]:
+                test = evaluate(test_x, splits.test, state.params)
+                best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
+                best["test_accuracy"] = test["accuracy"]
+                if "member_accuracy" in test:
+                    best["test_member_accuracy"] = test["member_accuracy"]
+                entry["test_accuracy"] = test["accuracy"]
+            record["best"] = best
+            record["history"].append(entry)
+            record["wall_time_s"] += time.perf_counter() - started
+            checkpoints.save(int(np.asarray(state.step).reshape(-1)[0]), state, record)
+            writer.write(entry)
+            hooks.on_epoch(entry)
+            if should_stop is not None and should_stop() and epoch + 1 < config.epochs:
+                finished = False
+                break
+    finally:
+        checkpoints.close()
+        writer.close()
+
+    best = record["best"] or {}
+    history = record["history"]
+    summary = {
+        "finished": finished,
+        "epochs": len(history),
+        "best_epoch": best.get("epoch"),
+        "best_val_accuracy": best.get("val_accuracy"),
+        "test_accuracy": best.get("test_accuracy"),
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "wall_time_s": record["wall_time_s"],
+        "examples_per_s": float(np.median([h["examples_per_s"] for h in history]))
+        if history
+        else None,
+        "device": f"{jax.devices()[0].device_kind} x{mesh.size}",
+        "params": count_params(state.params) // members,
+    }
+    if "test_member_accuracy" in best:
+        summary["test_member_accuracy"] = best["test_member_accuracy"]
+    return RunResult(summary, state)
