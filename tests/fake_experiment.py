@@ -1,0 +1,94 @@
+"""A stand-in experiment for the sweep tests: the experiment contract without JAX.
+
+It keeps the contract every module in experiments/ keeps: absl flags, `--workdir`,
+config.json and metrics.jsonl during the run, summary.json only at the end, a
+"checkpoint" it resumes from, and `run(config, workdir) -> summary` for sweeps that
+run in one process. Its accuracies are a known function of the flags, and the test
+accuracy runs opposite to the validation accuracy, so a ranking that looked at the
+test numbers would come out reversed.
+
+    python -m tests.fake_experiment --workdir=/tmp/fake --learning_rate=0.01 --seed=1
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Where the run writes its files.")
+flags.DEFINE_float("learning_rate", 0.1, "Pretend learning rate; validation peaks at 0.01.")
+flags.DEFINE_integer("seed", 0, "Pretend seed; nudges the accuracies.")
+flags.DEFINE_integer("epochs", 3, "Pretend epochs; each one is checkpointed.")
+flags.DEFINE_float("sleep_s", 0.0, "Seconds each epoch takes.")
+flags.DEFINE_float("fail_above", math.inf, "Raise an error when learning_rate exceeds this.")
+flags.register_validator("epochs", lambda n: n >= 1, message="--epochs must be at least 1")
+
+CALLS_IN_THIS_PROCESS = 0
+
+
+def accuracies(learning_rate: float, seed: int) -> tuple[float, float]:
+    val = 0.9 - 0.05 * abs(math.log10(learning_rate) + 2) + 0.001 * seed
+    return val, 1.5 - val
+
+
+def run(config: dict, workdir: str) -> dict:
+    global CALLS_IN_THIS_PROCESS
+    CALLS_IN_THIS_PROCESS += 1
+    start = time.time()
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(config, f, default=str)
+    attempts_path = os.path.join(workdir, "attempts")
+    attempts = int(open(attempts_path).read()) + 1 if os.path.exists(attempts_path) else 1
+    with open(attempts_path, "w") as f:
+        f.write(str(attempts))
+    with open(os.path.join(workdir, "pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+    checkpoint = os.path.join(workdir, "checkpoint")
+    first_epoch = int(open(checkpoint).read()) if os.path.exists(checkpoint) else 0
+    if config["learning_rate"] > config["fail_above"]:
+        raise FloatingPointError(f"loss is nan at epoch {first_epoch}, step 7")
+    val, test = accuracies(config["learning_rate"], config["seed"])
+    for epoch in range(first_epoch, config["epochs"]):
+        time.sleep(config["sleep_s"])
+        with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"epoch": epoch, "val_accuracy": val}) + "\n")
+        with open(checkpoint + ".tmp", "w") as f:
+            f.write(str(epoch + 1))
+        os.replace(checkpoint + ".tmp", checkpoint)
+
+    summary = {
+        "best_val_accuracy": val,
+        "test_accuracy": test,
+        "wall_time_s": time.time() - start,
+        "device": "none",
+        "resumed_from_epoch": first_epoch,
+        "attempts": attempts,
+        "pid": os.getpid(),
+        "calls_in_process": CALLS_IN_THIS_PROCESS,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS.workdir:
+        print("fake_experiment: error: --workdir is required", file=sys.stderr)
+        sys.exit(2)
+    names = ("workdir", "learning_rate", "seed", "epochs", "sleep_s", "fail_above")
+    config = {name: flags.FLAGS[name].value for name in names}
+    run(config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,83 @@
+"""Two processes with four CPU devices each train like one process with eight."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from launch import local_cluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
+
+
+def run_single(out_dir, devices):
+    env = local_cluster.process_env(0, 1, "unused:0", devices, "cpu")
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(name)
+    subprocess.run([sys.executable, WORKER, str(out_dir)], env=env, check=True, timeout=120)
+    return np.load(out_dir / "params.npz")
+
+
+@pytest.fixture(scope="module")
+def two_by_four(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_by_four")
+    logs = tmp_path_factory.mktemp("two_by_four_logs")
+    code = local_cluster.launch(
+        [sys.executable, WORKER, str(out)],
+        num_processes=2,
+        devices_per_process=4,
+        log_dir=str(logs),
+        timeout_s=120,
+        quiet=True,
+    )
+    assert code == 0, (logs / "process_0.log").read_text() + (logs / "process_1.log").read_text()
+    return out
+
+
+def test_two_processes_match_one_process_with_eight_devices(two_by_four, tmp_path):
+    multi = np.load(two_by_four / "params.npz")
+    single = run_single(tmp_path, devices=8)
+    assert int(multi["num_processes"]) == 2 and int(single["num_processes"]) == 1
+    assert int(multi["num_devices"]) == int(single["num_devices"]) == 8
+    for name in ("w", "b", "loss"):
+        np.testing.assert_allclose(multi[name], single[name], rtol=1e-5, atol=1e-6)
+    # The steps moved the parameters, so the comparison is not vacuous.
+    assert np.abs(multi["w"] - np.random.default_rng(0).normal(size=(6, 3))).max() > 1e-2
+
+
+def test_only_process_zero_writes(two_by_four):
+    assert sorted(os.listdir(two_by_four)) == ["params.npz"]
+
+
+def test_a_failing_process_stops_the_cluster(tmp_path):
+    code = local_cluster.launch(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys, time; os.environ['JAX_PROCESS_ID'] == '1' "
+            "and sys.exit(3); time.sleep(60)",
+        ],
+        num_processes=2,
+        devices_per_process=1,
+        log_dir=str(tmp_path),
+        timeout_s=30,
+        quiet=True,
+    )
+    assert code == 3
+
+
+def test_process_env_sets_the_cluster_contract():
+    env = local_cluster.process_env(
+        1, 2, "127.0.0.1:1234", 4, "cpu", base={"XLA_FLAGS": "--xla_foo=1"}
+    )
+    assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:1234"
+    assert env["JAX_NUM_PROCESSES"] == "2"
+    assert env["JAX_PROCESS_ID"] == "1"
+    assert env["JAX_PLATFORMS"] == "cpu"
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_foo=1",
+        "--xla_force_host_platform_device_count=4",
+    ]
