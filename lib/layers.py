@@ -121,4 +121,5 @@ class Softmax(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         dtype = self.dtype or x.dtype
         x = book_dropout(self, x.astype(dtype), self.dropout, train)
-        return (x @ kernel.astype(dtype) + bias.astype(dtype)).astype(jnp.float32)
+        logits = x @ kernel.astype(dtype) + bias.astype(dtype)
+        return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 -> f32

@@ -495,7 +495,15 @@ def train_and_evaluate(
                 )
             done = len(metrics["loss"])
             train_seconds = time.perf_counter() - started
+            # A run stopped mid-epoch keeps the metrics of the steps it took, so the epoch's
+            # means come out exactly as if it had never stopped.
+            earlier = record.pop("partial", None) or {"loss": [], "accuracy": []}
+            partial = {
+                k: earlier[k] + np.mean(metrics[k].reshape(done, -1), axis=1).tolist()
+                for k in ("loss", "accuracy")
+            }
             if offset + done < steps_per_epoch:  # asked to stop mid-epoch
+                record["partial"] = partial
                 record["wall_time_s"] += train_seconds
                 checkpoints.save(int(np.asarray(state.step).reshape(-1)[0]), state, record)
                 finished = False
@@ -504,8 +512,8 @@ def train_and_evaluate(
             best = record["best"]
             entry = {
                 "epoch": epoch + 1,
-                "train_loss": float(np.mean(metrics["loss"])),
-                "train_accuracy": float(np.mean(metrics["accuracy"])),
+                "train_loss": float(np.mean(partial["loss"])),
+                "train_accuracy": float(np.mean(partial["accuracy"])),
                 "val_accuracy": val["accuracy"],
                 "epoch_time_s": train_seconds,
                 "examples_per_s": done * config.batch_size * members / train_seconds,
