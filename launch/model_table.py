@@ -1,0 +1,99 @@
+"""Parameter counts and multiply-adds of the model zoo beside the published numbers.
+
+    python -m launch.model_table                      # every model, at its own resolution
+    python -m launch.model_table --models=resnet50,xception --resolution=128
+
+Prints a markdown table. Parameters come from `jax.eval_shape` of `init` (nothing is
+materialised); "GMACs (XLA)" from XLA's cost analysis of the compiled inference pass
+at batch 1 (flops / 2); "GMACs (layers)" counts conv and dense multiply-adds the way
+published tables do. XLA leaves out the multiply-adds over convolution padding, so
+its figure is a few percent lower; see `lib/nets/registry.py`. Compiling every model
+takes about a minute on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import app, flags
+
+from lib.nets import registry
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", [], "Comma-separated model names (default: all registered).")
+flags.DEFINE_integer(
+    "resolution", None, "Square input size for the multiply-adds (default: each model's own)."
+)
+flags.DEFINE_boolean("xla", True, "Compile each model for XLA's cost analysis (slower).")
+
+
+def table_row(name: str, resolution: int | None = None, xla: bool = True) -> dict:
+    """One model's counts and references; `resolution` only affects the multiply-adds."""
+    model = registry.get_model(name)
+    variables = registry.variable_shapes(model, registry.RESOLUTION[name])
+    params = registry.count_variables(variables, registry.COUNTED_COLLECTIONS[name])
+    size = resolution or registry.RESOLUTION[name]
+    published_size = size == registry.RESOLUTION[name]
+    return {
+        "model": name,
+        "resolution": size,
+        "params": params,
+        "reference_params": registry.REFERENCE_PARAMS[name],
+        "gmacs_xla": registry.forward_macs(model, variables, size) / 1e9 if xla else None,
+        "gmacs_layers": registry.layer_macs(model, variables, size) / 1e9,
+        "reference_gmacs": registry.REFERENCE_GMACS[name] if published_size else None,
+    }
+
+
+def format_header() -> str:
+    return (
+        "| model | input | params | reference params | match | GMACs (XLA) "
+        "| GMACs (layers) | reference GMACs |\n"
+        "|---|---:|---:|---:|:---:|---:|---:|---:|"
+    )
+
+
+def format_row(row: dict) -> str:
+    def gmacs(value: float | None) -> str:
+        return "—" if value is None else f"{value:.2f}"
+
+    match = "✓" if row["params"] == row["reference_params"] else "✗"
+    return (
+        f"| {row['model']} | {row['resolution']} | {row['params']:,} "
+        f"| {row['reference_params']:,} | {match} | {gmacs(row['gmacs_xla'])} "
+        f"| {gmacs(row['gmacs_layers'])} | {gmacs(row['reference_gmacs'])} |"
+    )
+
+
+def _fail(message: str) -> None:
+    print(f"model_table: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {' '.join(argv[1:])}; use --models and --resolution")
+    names = FLAGS.models or list(registry.MODELS)
+    for name in names:
+        try:
+            registry.check_name(name)
+        except registry.UnknownModelError as err:
+            _fail(str(err))
+        if FLAGS.resolution is not None and FLAGS.resolution < registry.MIN_RESOLUTION[name]:
+            _fail(
+                f"--resolution={FLAGS.resolution} is too small for {name}; "
+                f"it needs at least {registry.MIN_RESOLUTION[name]}"
+            )
+    print(format_header(), flush=True)
+    for name in names:
+        print(format_row(table_row(name, FLAGS.resolution, FLAGS.xla)), flush=True)
+    print(
+        "\nparams: xception counts params + batch_stats (as Keras does); the others "
+        "params only (as torchvision does).\nreference GMACs: torchvision docs; "
+        "alexnet_ksh: hand count from the paper's layer sizes; xception: commonly quoted."
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
