@@ -16,8 +16,9 @@ Each process sees these environment variables (the contract with the module):
     JAX_PLATFORMS             cpu (unless --platform says otherwise)
 
 and must call `initialize_from_env()` below (or the same call itself) before
-touching any device. Process 0's output goes to the terminal; the others' output
-goes to `--log_dir` (a temporary directory by default) and is shown if they fail.
+touching any device; a module that does not can run under `launch.join_cluster`.
+Process 0's output goes to the terminal; the others' output goes to `--log_dir`
+(a temporary directory by default) and is shown if they fail.
 If any process fails, the others are stopped: they would otherwise wait for it in
 a collective until the coordinator's heartbeat timeout.
 """
@@ -47,6 +48,9 @@ def initialize_from_env() -> int:
     if num_processes <= 1:
         return 1
     import jax
+
+    if jax.distributed.is_initialized():
+        return num_processes
 
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],

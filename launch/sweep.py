@@ -13,6 +13,11 @@ failed run is recorded in its workdir (failed.json, with the last line of its
 error) and the sweep goes on. At the end the sweep prints the table of
 `python -m launch.results`, ranked by validation accuracy.
 
+A sweep that is killed, even by SIGKILL, takes its runs with it (on Linux): each
+gets SIGTERM, which an experiment answers by saving a checkpoint and stopping. A
+re-run waits for any such run still saving before it resumes that workdir.
+Flags not listed below are passed unchanged to every run.
+
 Specs:
 
     --grid NAME=v1,v2,...        listed values (separate with '|' when a value has commas)
@@ -30,8 +35,9 @@ Where the runs go:
     --mode=subprocess --parallel=N   N runs at a time, each `python -m MODULE` (default N=1)
     --gpus=0,1,2,3 (or all)          one run per GPU at a time, CUDA_VISIBLE_DEVICES set
     --mode=inprocess                 one after another in this process through the
-                                     module's run(config, workdir), so compiled
-                                     functions are shared between runs
+                                     module's run(config, workdir): imports happen
+                                     once, and whatever the module caches (data,
+                                     compiled functions) is shared between runs
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from launch import results
 from launch.cli import OneLineParser, UsageError
 
 PROG = "sweep"
+RUN_LOCK = ".run.lock"
 
 
 SpecError = UsageError  # a mistake in the sweep's command line: one line, exit code 2
@@ -338,6 +345,7 @@ class Job:
     start: float = 0.0
     log_offset: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
+    lock: object = field(default=None, repr=False)  # the open RUN_LOCK file, held for the run
 
 
 class Sweep:
@@ -418,6 +426,7 @@ class Sweep:
                         continue
                     del running[slot]
                     free.append(slot)
+                    job.lock.close()
                     log = os.path.join(job.workdir, results.LOG)
                     error = None
                     if code != 0:
@@ -432,12 +441,17 @@ class Sweep:
                     job.process.terminate()
             for job in running.values():
                 try:
-                    job.process.wait(timeout=30)
+                    job.process.wait(timeout=60)  # time to save a checkpoint
                 except subprocess.TimeoutExpired:
                     job.process.kill()
+                job.lock.close()
 
     def _start(self, job: Job, gpu: str | None) -> None:
         self._begin(job)
+        # The child inherits the lock and holds it as long as it lives, even past the sweep's
+        # own death, so a later sweep can tell that the run is still being stopped.
+        job.lock = open(os.path.join(job.workdir, RUN_LOCK), "a")
+        fcntl.flock(job.lock, fcntl.LOCK_EX)
         env = dict(os.environ)
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -452,7 +466,26 @@ class Sweep:
                 # stops the runs without recording them as failed.
                 start_new_session=True,
                 preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+                pass_fds=(job.lock.fileno(),),
             )
+
+
+def _wait_for_leftovers(jobs: Sequence[Job], total: int) -> None:
+    """Waits for runs that a killed sweep left saving and stopping (they hold RUN_LOCK)."""
+    for job in jobs:
+        path = os.path.join(job.workdir, RUN_LOCK)
+        if not os.path.exists(path):
+            continue
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(
+                    f"[{job.index}/{total}] {job.name}  waiting for the process an earlier "
+                    "sweep left behind to stop",
+                    flush=True,
+                )
+                fcntl.flock(f, fcntl.LOCK_EX)
 
 
 def _gpu_ids(spec: str) -> list[str]:
@@ -531,16 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     # global registry with this process, and the sweep's own flags must not collide.
     parser = OneLineParser(
         prog="python -m launch.sweep",
-        description=__doc__.split("\n\n")[0],
-        epilog="Flags not listed here are passed unchanged to every run.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     parser.add_argument("module", help="experiment module, e.g. experiments.mnist_convnet")
     parser.add_argument("--sweep_dir", required=True, help="one workdir per run goes here")
-    parser.add_argument("--grid", action=_SpecAction, metavar="NAME=VALUES")
-    parser.add_argument("--random", action=_SpecAction, metavar="NAME=DIST:ARGS")
-    parser.add_argument("--num_trials", type=int, default=None)
-    parser.add_argument("--sweep_seed", type=int, default=0)
+    parser.add_argument("--grid", action=_SpecAction, metavar="NAME=VALUES", help="see above")
+    parser.add_argument("--random", action=_SpecAction, metavar="NAME=DIST", help="see above")
+    parser.add_argument("--num_trials", type=int, default=None, help="draws for --random")
+    parser.add_argument("--sweep_seed", type=int, default=0, help="seeds the --random draws")
     parser.add_argument("--mode", choices=("subprocess", "inprocess"), default="subprocess")
     parser.add_argument("--parallel", type=int, default=1, help="runs at a time (subprocess)")
     parser.add_argument("--gpus", default=None, help="'all' or 0,1,...: one run per GPU")
@@ -577,21 +610,25 @@ def sweep(argv: Sequence[str]) -> int:
         module_flags.parse(job.args)  # every run's flags are checked before any run starts
         jobs.append(job)
 
-    statuses = [results.run_status(job.workdir) for job in jobs]
-    counts = {s: statuses.count(s) for s in dict.fromkeys(statuses)}
-    overview = ", ".join(f"{n} {s}" for s, n in counts.items())
-    print(f"sweep: {len(jobs)} runs of {args.module} in {args.sweep_dir} ({overview})", flush=True)
+    def overview() -> list[str]:
+        statuses = [results.run_status(job.workdir) for job in jobs]
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+        where = f"{len(jobs)} runs of {args.module} in {args.sweep_dir}"
+        print(f"sweep: {where} ({counts})", flush=True)
+        return statuses
+
     if args.dry_run:
-        for job, status in zip(jobs, statuses, strict=True):
+        for job, status in zip(jobs, overview(), strict=True):
             print(f"  {status:10s} python -m {args.module} {' '.join(job.args)}")
         return 0
 
     os.makedirs(sweep_dir, exist_ok=True)
     with _sweep_lock(sweep_dir):
         _check_sweep_record(sweep_dir, args.module, fixed, runs)
+        _wait_for_leftovers(jobs, len(jobs))
         runner = Sweep(sweep_dir, args.module, len(jobs))
         todo = []
-        for job, status in zip(jobs, statuses, strict=True):
+        for job, status in zip(jobs, overview(), strict=True):
             if status == results.DONE:
                 print(f"[{job.index}/{len(jobs)}] {job.name}  finished before, skipped")
             else:

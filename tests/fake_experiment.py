@@ -12,9 +12,11 @@ test numbers would come out reversed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -26,6 +28,7 @@ flags.DEFINE_integer("seed", 0, "Pretend seed; nudges the accuracies.")
 flags.DEFINE_integer("epochs", 3, "Pretend epochs; each one is checkpointed.")
 flags.DEFINE_float("sleep_s", 0.0, "Seconds each epoch takes.")
 flags.DEFINE_float("fail_above", math.inf, "Raise an error when learning_rate exceeds this.")
+flags.DEFINE_float("stop_s", 0.0, "On SIGTERM, seconds spent 'saving' before stopping.")
 flags.register_validator("epochs", lambda n: n >= 1, message="--epochs must be at least 1")
 
 CALLS_IN_THIS_PROCESS = 0
@@ -36,11 +39,37 @@ def accuracies(learning_rate: float, seed: int) -> tuple[float, float]:
     return val, 1.5 - val
 
 
+class _StopOnSigterm:
+    """Like a real experiment: SIGTERM asks the run to save and stop after this epoch."""
+
+    requested = False
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
 def run(config: dict, workdir: str) -> dict:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, ".in_use"), "a") as in_use:
+        try:  # two processes in one workdir would be a launcher bug
+            fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{workdir} is in use by another process") from None
+        with _StopOnSigterm() as stop:
+            return _run(config, workdir, stop)
+
+
+def _run(config: dict, workdir: str, stop: _StopOnSigterm) -> dict:
     global CALLS_IN_THIS_PROCESS
     CALLS_IN_THIS_PROCESS += 1
     start = time.time()
-    os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         json.dump(config, f, default=str)
     attempts_path = os.path.join(workdir, "attempts")
@@ -62,12 +91,16 @@ def run(config: dict, workdir: str) -> dict:
         with open(checkpoint + ".tmp", "w") as f:
             f.write(str(epoch + 1))
         os.replace(checkpoint + ".tmp", checkpoint)
+        if stop.requested and epoch + 1 < config["epochs"]:
+            time.sleep(config["stop_s"])
+            return {"finished": False}
 
     summary = {
         "best_val_accuracy": val,
         "test_accuracy": test,
         "wall_time_s": time.time() - start,
         "device": "none",
+        "finished": True,
         "resumed_from_epoch": first_epoch,
         "attempts": attempts,
         "pid": os.getpid(),
@@ -85,9 +118,11 @@ def main(argv):
     if not flags.FLAGS.workdir:
         print("fake_experiment: error: --workdir is required", file=sys.stderr)
         sys.exit(2)
-    names = ("workdir", "learning_rate", "seed", "epochs", "sleep_s", "fail_above")
+    names = ("workdir", "learning_rate", "seed", "epochs", "sleep_s", "fail_above", "stop_s")
     config = {name: flags.FLAGS[name].value for name in names}
-    run(config, flags.FLAGS.workdir)
+    if not run(config, flags.FLAGS.workdir)["finished"]:
+        print("stopped; run again to resume")
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,21 @@ def test_only_process_zero_writes(two_by_four):
     assert sorted(os.listdir(two_by_four)) == ["params.npz"]
 
 
+def test_join_cluster_runs_a_module_as_a_cluster_member(two_by_four, tmp_path):
+    code = local_cluster.launch(
+        [sys.executable, "-m", "launch.join_cluster", "tests.multiprocess_worker", str(tmp_path)],
+        num_processes=2,
+        devices_per_process=4,
+        log_dir=str(tmp_path / "logs"),
+        timeout_s=120,
+        quiet=True,
+    )
+    assert code == 0
+    joined, direct = np.load(tmp_path / "params.npz"), np.load(two_by_four / "params.npz")
+    assert int(joined["num_processes"]) == 2
+    np.testing.assert_array_equal(joined["w"], direct["w"])
+
+
 def test_a_failing_process_stops_the_cluster(tmp_path):
     code = local_cluster.launch(
         [
