@@ -518,7 +518,7 @@ def _check_sweep_record(sweep_dir: str, module: str, fixed: list[str], runs: lis
     """
     path = os.path.join(sweep_dir, results.SWEEP_RECORD)
     record = results.read_json(path) or {"module": module, "fixed_flags": fixed, "runs": {}}
-    if record["module"] != module or record["fixed_flags"] != fixed:
+    if record["module"] != module or sorted(record["fixed_flags"]) != sorted(fixed):
         raise SpecError(
             f"{sweep_dir} holds a sweep of {record['module']} with the flags "
             f"{' '.join(record['fixed_flags']) or '(none)'}; this command differs, "

@@ -166,7 +166,8 @@ def test_sweep_runs_skips_finished_runs_and_extends(tmp_path):
 
 
 def test_changed_shared_flags_need_a_new_sweep_dir(tmp_path):
-    run_sweep(tmp_path, "--grid", "seed=0", "--epochs=2", check_rc=0)
+    run_sweep(tmp_path, "--grid", "seed=0", "--epochs=2", "--sleep_s=0", check_rc=0)
+    run_sweep(tmp_path, "--grid", "seed=0", "--sleep_s=0", "--epochs=2", check_rc=0)
     done = run_sweep(tmp_path, "--grid", "seed=0", "--epochs=3", check_rc=2)
     assert done.stderr.count("\n") == 1 and "another --sweep_dir" in done.stderr
 
