@@ -67,6 +67,20 @@ def test_join_cluster_runs_a_module_as_a_cluster_member(two_by_four, tmp_path):
     np.testing.assert_array_equal(joined["w"], direct["w"])
 
 
+def test_join_cluster_outside_a_cluster_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "OMPI_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.join_cluster", "tests.multiprocess_worker", str(tmp_path)],
+        env={**env, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("join_cluster: error: no cluster found")
+    assert done.stderr.count("\n") == 1 and not os.listdir(tmp_path)
+
+
 def test_a_failing_process_stops_the_cluster(tmp_path):
     code = local_cluster.launch(
         [
