@@ -34,8 +34,8 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
+from lib import augment, metrics, plots
 from lib import data as data_lib
-from lib import metrics, plots
 from lib import train as train_lib
 from lib.nets import mnist as nets
 
@@ -54,6 +54,11 @@ flags.DEFINE_float("dropout", None, "Dropout rate on FC and softmax inputs; defa
 flags.DEFINE_string("activation", None, "sigmoid, tanh or relu; default: the rung's.")
 flags.DEFINE_bool("expanded", None, "Train on the 5x one-pixel-shift set; default: the rung's.")
 flags.DEFINE_integer("ensemble", None, "Nets trained as one program, scored by majority vote.")
+flags.DEFINE_integer("max_shift", 0, "Random shifts of up to k pixels per training image.")
+flags.DEFINE_float("max_degrees", 0.0, "Random rotations of up to this many degrees.")
+flags.DEFINE_float("max_skew", 0.0, "Random horizontal skews (shear factor) up to this.")
+flags.DEFINE_float("elastic_alpha", 0.0, "Elastic distortion strength (Simard et al. use 34).")
+flags.DEFINE_float("elastic_sigma", 4.0, "Elastic distortion smoothness, in pixels.")
 flags.DEFINE_integer("train_size", None, "Keep only the first N training images (quick runs).")
 flags.DEFINE_enum("optimizer", "sgd", train_lib.OPTIMIZERS, "sgd is the book's plain SGD.")
 flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum or nesterov.")
@@ -69,15 +74,27 @@ flags.DEFINE_integer(
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
                "ensemble")  # fmt: skip
 
+FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "init", "driver",
+               "eval_batch_size", "num_devices", "max_shift", "max_degrees", "max_skew",
+               "elastic_alpha", "elastic_sigma", *OVERRIDABLE)  # fmt: skip
+
 
 def resolve(config: dict) -> dict:
-    """The rung's preset with every explicitly given (non-None) flag applied over it."""
-    rung = nets.RUNGS[config["net"]]
-    out = dict(config)
+    """The rung's preset with every explicitly given (non-None) flag applied over it.
+
+    Flags missing from `config` take their defaults, so callers may pass only what they change.
+    """
+    out = {name: FLAGS[name].default for name in FLAG_NAMES}
+    out.update(config)
+    if out["net"] not in nets.RUNGS:
+        raise train_lib.ConfigError(
+            f"unknown net '{out['net']}'; choose from {', '.join(nets.NETS)}"
+        )
+    rung = nets.RUNGS[out["net"]]
     for name in OVERRIDABLE:
         if out.get(name) is None:
             out[name] = getattr(rung, name)
-    out["workdir"] = out.get("workdir") or f"runs/mnist/{config['net']}"
+    out["workdir"] = out.get("workdir") or f"runs/mnist/{out['net']}"
     return out
 
 
@@ -110,6 +127,16 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         dropout=config["dropout"],
         weight_init=config["init"],
     )
+    try:
+        expansion = augment.AugmentConfig(
+            max_shift=config["max_shift"],
+            max_degrees=config["max_degrees"],
+            max_skew=config["max_skew"],
+            elastic_alpha=config["elastic_alpha"],
+            elastic_sigma=config["elastic_sigma"],
+        )
+    except ValueError as e:
+        raise train_lib.ConfigError(str(e)) from None
     train_config = train_lib.TrainConfig(
         epochs=config["epochs"],
         batch_size=config["batch_size"],
@@ -120,6 +147,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         seed=config["seed"],
         ensemble=config["ensemble"],
         expanded=config["expanded"],
+        augment=expansion if expansion.enabled else None,
         eval_batch_size=config["eval_batch_size"],
         driver=config["driver"],
         num_devices=config["num_devices"],
@@ -207,7 +235,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
-    config = {name: FLAGS[name].value for name in _FLAG_NAMES}
+    config = {name: FLAGS[name].value for name in FLAG_NAMES}
     try:
         summary = run(config)
     except (train_lib.ConfigError, data_lib.DataError, train_lib.DivergedError) as e:
@@ -216,10 +244,6 @@ def main(argv):
     if not summary["finished"]:
         sys.exit(3)
     print(json.dumps({k: summary[k] for k in ("best_val_accuracy", "test_accuracy")}))
-
-
-_FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "init", "driver",
-               "eval_batch_size", "num_devices", *OVERRIDABLE)  # fmt: skip
 
 
 if __name__ == "__main__":

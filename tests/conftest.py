@@ -8,6 +8,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 _shared = Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"
 if "TFDS_DATA_DIR" not in os.environ and _shared.exists():
     os.environ["TFDS_DATA_DIR"] = str(_shared)
+elif "TFDS_DATA_DIR" in os.environ:  # subprocesses may run elsewhere: make it absolute
+    os.environ["TFDS_DATA_DIR"] = str(Path(os.environ["TFDS_DATA_DIR"]).resolve())
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
