@@ -63,10 +63,9 @@ def time_case(name: str, batch_size: int, members: int, steps: int, driver: str)
         "images": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)),
         "labels": jnp.asarray(rng.integers(0, 10, n, np.int32)),
     }
-    key = jax.random.PRNGKey(0)
-    state = train.init_state(model, optimizer, key, data["images"][:1], members)
-    step_key = jax.random.split(key, members) if members > 1 else key
-    idx = train.epoch_indices(key, 0, epoch_examples, batch_size, members)[:steps]
+    init_key, shuffle_key, step_key = train.run_keys(0, members)
+    state = train.init_state(model, optimizer, init_key, data["images"][:1])
+    idx = train.epoch_indices(shuffle_key, 0, epoch_examples, batch_size)[:steps]
     state, _ = runner(state, data, idx, step_key)  # compile and warm up
     jax.block_until_ready(state)
     started = time.perf_counter()

@@ -18,7 +18,6 @@ step (CPU, where XLA runs convolutions inside a scan body several times slower).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -61,7 +60,7 @@ class TrainConfig:
     optimizer: str = "sgd"
     momentum: float = 0.9
     seed: int = 0
-    ensemble: int = 1
+    ensemble: int = 1  # K nets as one vmapped program; member m trains as seed + m would
     expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
     augment: Any = None  # a lib.augment.AugmentConfig applied to every training batch
     eval_batch_size: int = 1000
@@ -212,42 +211,49 @@ def init_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     sample: jax.Array,
-    members: int = 1,
 ) -> TrainState:
+    """A fresh state; `key` with a leading axis gives a stacked state per member."""
+
     def one(k):
         params = model.init({"params": k, "dropout": k}, sample, train=False)["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
 
+    return jax.jit(jax.vmap(one) if key.ndim > 1 else one)(key)
+
+
+def run_keys(seed: int, members: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(init, shuffle, step) keys. Member m of an ensemble gets exactly the keys of a lone
+    run with seed + m, so K seeds trained as one vmapped program train as they would alone."""
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed + m), 3) for m in range(members)])
     if members == 1:
-        return jax.jit(one)(key)
-    return jax.jit(jax.vmap(one))(jax.random.split(key, members))
+        keys = keys[0]
+        return keys[0], keys[1], keys[2]
+    return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
 def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
-def epoch_indices(key: jax.Array, epoch: int, n: int, batch_size: int, members: int = 1):
-    """The epoch's mini-batches as indices: (steps, batch), or (steps, members, batch).
+def epoch_indices(key: jax.Array, epoch: int, n: int, batch_size: int) -> jax.Array:
+    """The epoch's mini-batches as indices: (steps, batch), or (steps, members, batch)
+    for a stack of member keys.
 
     A random permutation of the n examples cut into whole batches (the remainder
-    waits for the next epoch's permutation), different for each ensemble member.
+    waits for the next epoch's permutation).
     """
     steps = n // batch_size
 
     def one(k):
+        k = jax.random.fold_in(k, epoch)
         return jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size)
 
-    epoch_key = jax.random.fold_in(key, epoch)
-    if members == 1:
-        return one(epoch_key)
-    keys = jax.vmap(lambda m: jax.random.fold_in(epoch_key, m))(jnp.arange(members))
-    return jnp.swapaxes(jax.vmap(one)(keys), 0, 1)
+    if key.ndim == 1:
+        return one(key)
+    return jnp.swapaxes(jax.vmap(one)(key), 0, 1)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _epoch_indices_jit(key, epoch, n, batch_size, members):
-    return epoch_indices(key, epoch, n, batch_size, members)
+_epoch_indices_jit = jax.jit(epoch_indices, static_argnums=(2, 3))
 
 
 # ----------------------------------------------------------------------------- epoch drivers
@@ -434,11 +440,8 @@ def train_and_evaluate(
     runner = EpochRunner(step_fn, config.driver)
     predict = make_predict(model, members)
 
-    root = jax.random.PRNGKey(config.seed)
-    init_key, shuffle_key, step_key = jax.random.split(root, 3)
-    if members > 1:
-        step_key = jax.random.split(step_key, members)
-    state = init_state(model, optimizer, init_key, jnp.asarray(train.images[:1]), members)
+    init_key, shuffle_key, step_key = run_keys(config.seed, members)
+    state = init_state(model, optimizer, init_key, jnp.asarray(train.images[:1]))
     state = parallel.put_replicated(state, mesh)
     data = parallel.put_replicated({"images": train.images, "labels": train.labels}, mesh)
     val_x, test_x = parallel.put_replicated((splits.validation.images, splits.test.images), mesh)
@@ -470,9 +473,7 @@ def train_and_evaluate(
             if epoch >= config.epochs:
                 break
             started = time.perf_counter()
-            idx = _epoch_indices_jit(shuffle_key, epoch, n_virtual, config.batch_size, members)[
-                offset:
-            ]
+            idx = _epoch_indices_jit(shuffle_key, epoch, n_virtual, config.batch_size)[offset:]
 
             def progress(done, _epoch=epoch, _offset=offset, _started=started):
                 seconds = time.perf_counter() - _started

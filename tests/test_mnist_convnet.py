@@ -162,6 +162,23 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
     assert summary["test_accuracy"] >= min(members)
 
 
+def test_vmapped_members_train_as_their_seeds_alone(mnist_small, tmp_path):
+    splits = mnist_small._replace(train=mnist_small.train.take(300))
+    model = nets.create("conv1", hidden=(30,))
+
+    def fit(seed, members, workdir):
+        config = train.TrainConfig(
+            epochs=1, batch_size=20, learning_rate=0.1, seed=seed, ensemble=members, num_devices=1
+        )
+        return train.train_and_evaluate(model, splits, config, tmp_path / workdir).state.params
+
+    together = fit(5, 2, "together")
+    for m, seed in enumerate((5, 6)):
+        alone = fit(seed, 1, f"alone{seed}")
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(together), strict=True):
+            np.testing.assert_allclose(a, b[m], rtol=1e-4, atol=1e-5)
+
+
 def test_majority_vote():
     votes = np.array([[0, 1, 2], [0, 2, 2], [1, 1, 0]])
     np.testing.assert_array_equal(train.majority_vote(votes, 3), [0, 1, 2])
