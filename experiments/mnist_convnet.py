@@ -61,6 +61,12 @@ flags.DEFINE_float("elastic_alpha", 0.0, "Elastic distortion strength (Simard et
 flags.DEFINE_float("elastic_sigma", 4.0, "Elastic distortion smoothness, in pixels.")
 flags.DEFINE_integer("train_size", None, "Keep only the first N training images (quick runs).")
 flags.DEFINE_enum("optimizer", "sgd", train_lib.OPTIMIZERS, "sgd is the book's plain SGD.")
+flags.DEFINE_enum(
+    "schedule",
+    "constant",
+    train_lib.SCHEDULES,
+    "Learning rate: the book's constant, or cosine decay.",
+)
 flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum or nesterov.")
 flags.DEFINE_enum(
     "init", "book", ("book", "sqrt_n_in"), "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in)."
@@ -74,8 +80,8 @@ flags.DEFINE_integer(
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
                "ensemble")  # fmt: skip
 
-FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "init", "driver",
-               "eval_batch_size", "num_devices", "max_shift", "max_degrees", "max_skew",
+FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "schedule", "init",
+               "driver", "eval_batch_size", "num_devices", "max_shift", "max_degrees", "max_skew",
                "elastic_alpha", "elastic_sigma", *OVERRIDABLE)  # fmt: skip
 
 
@@ -144,6 +150,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         l2=config["l2"],
         optimizer=config["optimizer"],
         momentum=config["momentum"],
+        schedule=config["schedule"],
         seed=config["seed"],
         ensemble=config["ensemble"],
         expanded=config["expanded"],
@@ -171,7 +178,12 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             flush=True,
         )
 
+    last_progress = [time.perf_counter()]
+
     def on_progress(p):
+        if time.perf_counter() - last_progress[0] < 15:  # a line every 15 s at most
+            return
+        last_progress[0] = time.perf_counter()
         say(
             f"  epoch {p['epoch']} step {p['step']}/{p['steps']}  "
             f"{p['examples_per_s']:,.0f} examples/s",

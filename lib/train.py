@@ -59,6 +59,7 @@ class TrainConfig:
     l2: float = 0.0
     optimizer: str = "sgd"
     momentum: float = 0.9
+    schedule: str = "constant"
     seed: int = 0
     ensemble: int = 1  # K nets as one vmapped program; member m trains as seed + m would
     expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
@@ -69,11 +70,27 @@ class TrainConfig:
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
+SCHEDULES = ("constant", "cosine")
 DRIVERS = ("auto", "scan", "loop")
 
 
-def make_optimizer(name: str, learning_rate: float, momentum: float = 0.9):
-    """Plain SGD is the book's: w <- w - eta * grad."""
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    momentum: float = 0.9,
+    schedule: str = "constant",
+    total_steps: int = 0,
+):
+    """Plain SGD at a constant rate is the book's: w <- w - eta * grad.
+
+    `schedule="cosine"` decays the rate to zero over `total_steps` (Loshchilov & Hutter 2016).
+    """
+    if schedule == "cosine":
+        if total_steps <= 0:
+            raise ConfigError("a cosine schedule needs the run's total number of steps")
+        learning_rate = optax.cosine_decay_schedule(learning_rate, total_steps)
+    elif schedule != "constant":
+        raise ConfigError(f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
     if name == "sgd":
         return optax.sgd(learning_rate)
     if name == "momentum":
@@ -117,7 +134,7 @@ def validate(config: TrainConfig, n_train: int) -> None:
         raise ConfigError(f"ensemble must be at least 1, got {config.ensemble}")
     if config.eval_batch_size <= 0:
         raise ConfigError(f"eval batch size must be positive, got {config.eval_batch_size}")
-    make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    make_optimizer(config.optimizer, config.learning_rate, config.momentum, config.schedule, 1)
     resolve_driver(config.driver)
 
 
@@ -430,7 +447,13 @@ def train_and_evaluate(
     mesh = parallel.make_mesh(config.num_devices, config.batch_size)
     sharding = parallel.batch_sharding(mesh, 0) if mesh.size > 1 else None
 
-    optimizer = make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    optimizer = make_optimizer(
+        config.optimizer,
+        config.learning_rate,
+        config.momentum,
+        config.schedule,
+        config.epochs * steps_per_epoch,
+    )
     l2_scale = 0.5 * config.l2 / steps_per_epoch
     step_fn = make_train_step(
         model, optimizer, l2_scale, make_batch_fn(config.expanded, config.augment), sharding
