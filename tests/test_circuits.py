@@ -1,0 +1,139 @@
+"""Gates, backpropagation and gradient checks (lib/gates.py, experiments/circuits.py)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import circuits
+from lib import gates
+
+# Points away from the max gate's tie, where it has no derivative.
+GATE_POINTS = [(-2.0, 3.0), (0.7, -1.3), (4.0, 4.5)]
+
+
+@pytest.mark.parametrize("name", sorted(gates.GATES))
+@pytest.mark.parametrize("point", GATE_POINTS)
+def test_every_gate_backward_matches_finite_differences(name, point):
+    gate = gates.GATES[name]
+    with jax.enable_x64(True):
+        args = tuple(jnp.float64(a) for a in point[: gate.forward.__code__.co_argcount])
+        for upstream in (1.0, -2.5):  # the backward pass scales the gradient from above
+            backward = gate.backward(args, upstream)
+            numeric = gates.numerical_gradient(
+                lambda *a, upstream=upstream: upstream * gate.forward(*a), args, h=1e-5
+            )
+            np.testing.assert_allclose(backward, numeric, rtol=1e-8, atol=1e-9)
+
+
+def test_backprop_adds_up_the_gradients_of_a_wire_read_twice():
+    # f(x) = x * x + x reads x three times: df/dx = 2x + 1.
+    circuit = (
+        gates.Node(gates.multiply, ("x", "x"), "xx"),
+        gates.Node(gates.add, ("xx", "x"), "f"),
+    )
+    wires = gates.forward(circuit, {"x": 3.0})
+    assert float(wires["f"]) == 12.0
+    assert float(gates.backward(circuit, wires)["x"]) == 7.0
+
+
+def test_add_multiply_circuit_matches_the_text():
+    result = circuits.add_multiply()
+    assert result["f"] == -12.0
+    assert result["grad"] == {"x": -4.0, "y": -4.0, "z": 3.0}
+
+
+def test_single_gate_strategies_improve_the_output():
+    result = circuits.multiply_gate(seed=0, tweak=0.01, tries=100, h=1e-4, step_size=0.01)
+    assert result["f"] == -6.0
+    assert -6.0 < result["random_search"]["f"] < -5.9
+    for way in ("numerical_gradient", "analytic_gradient"):
+        np.testing.assert_allclose(result[way]["grad"], [3.0, -2.0], atol=1e-6)
+        assert result[way]["f"] == pytest.approx(-1.97 * 2.98)
+
+
+def test_neuron_gradient_three_ways_agree():
+    result = circuits.neuron(h=1e-4)
+    assert result["f"] == pytest.approx(0.8807970779778823)
+    assert result["largest_disagreement"] < 1e-6
+    ds = result["f"] * (1 - result["f"])  # the sigmoid's local gradient, 0.105
+    expected = {"a": -1.0 * ds, "b": 3.0 * ds, "c": ds, "x": 1.0 * ds, "y": 2.0 * ds}
+    for method in result["grad"].values():
+        for name, value in expected.items():
+            assert method[name] == pytest.approx(value, abs=1e-6)
+
+
+def test_gradient_check_passes_a_correct_gradient():
+    def loss(p):
+        return jnp.sum(jnp.tanh(p["w"] @ p["x"]) ** 2) + jnp.sum(p["b"] ** 3)
+
+    params = {
+        "w": 0.3 * jnp.arange(12.0).reshape(3, 4) / 12,
+        "x": jnp.arange(4.0),
+        "b": jnp.ones(2),
+    }
+    assert gates.gradient_check(loss, params) < 1e-7
+
+
+def test_gradient_check_detects_a_wrong_gradient():
+    @jax.custom_vjp
+    def square(x):
+        return x**2
+
+    def square_fwd(x):
+        return square(x), x
+
+    def square_bwd(x, g):
+        return (x * g,)  # the bug: d(x^2)/dx is 2x, not x
+
+    square.defvjp(square_fwd, square_bwd)
+
+    params = {"x": jnp.array([0.5, -1.0, 2.0]), "y": jnp.array([1.5])}
+
+    def loss(p):
+        return jnp.sum(square(p["x"])) + jnp.sum(p["y"] ** 2)
+
+    assert gates.gradient_check(loss, params) > 0.3
+
+
+def test_gradient_check_refuses_a_function_that_rounds_to_float32():
+    with pytest.raises(gates.PrecisionError, match="float32"):
+        gates.gradient_check(lambda p: jnp.sum(p**2).astype(jnp.float32), jnp.ones(3))
+
+
+@pytest.mark.parametrize("name", ["neuron", "svm", "two_layer", "linear_svm", "conv2"])
+def test_check_mode_passes_the_lib_models(name):
+    result = circuits.check_model(name, seed=0, batch=2, coords=3, h=1e-6)
+    assert result["relative_error"] < 1e-6, result
+
+
+def test_check_mode_names_an_unknown_model(tmp_path):
+    config = {**circuits.DEFAULTS, "workdir": str(tmp_path), "check": ["nope"]}
+    with pytest.raises(circuits.UserError, match=r"unknown model 'nope'.*conv2"):
+        circuits.run(config, verbose=False)
+
+
+def test_chapter_writes_config_and_summary(tmp_path):
+    summary = circuits.run({**circuits.DEFAULTS, "workdir": str(tmp_path)}, verbose=False)
+    assert summary["neuron"]["largest_disagreement"] < 1e-6
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["add_multiply"]["f"] == -12.0
+    assert json.loads((tmp_path / "config.json").read_text())["tries"] == 100
+
+
+def test_unwritable_workdir_gets_one_clear_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.circuits", f"--workdir={blocker}/sub"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "cannot write to workdir" in proc.stderr.strip().splitlines()[-1]
