@@ -1,0 +1,474 @@
+"""From a circuit to an SVM: Karpathy's "Hacker's guide to Neural Networks", chapter 2.
+
+The binary SVM score = a*x + b*y + c as a circuit trained by pulls on one random toy
+point at a time; the same SVM as a loss (hinge plus L2) under `jax.grad` and Optax; a
+2-layer net of three ReLU units; then, beyond the text, multiclass SVMs on MNIST
+pixels and on random Fourier features (an approximate RBF-kernel SVM).
+
+    python -m experiments.svm --workdir=runs/svm                # toy ~15 s, MNIST ~4 min
+    python -m experiments.svm --nomnist --workdir=runs/svm_toy  # the toy part only
+
+prints (seed 0, two CPU cores)
+
+    circuit SVM (SGD, step 0.01, reg 0.1): 100% training accuracy after 325 iterations
+    loss SVM (jax.grad + optax.sgd, whole batch, 2000 steps): 100% after 320 steps; the
+      circuit's pulls over the whole batch give the same a, b, c (difference 2e-16),
+      and it classifies the toy points as the circuit SVM does
+    2-layer net (3 ReLU units): 100% training accuracy after 300 iterations
+    MNIST linear SVM on pixels, 10 epochs:        validation 92.14%, test 92.17%  (10 s)
+    MNIST SVM on 4096 random Fourier features:    validation 97.18%, test 97.36%  (~3.5 min)
+
+and writes config.json, summary.json, metrics.jsonl (MNIST epochs) and
+toy_boundaries.png to the workdir.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from lib import svm as svm_lib
+from lib.metrics import write_json
+
+FLAGS = flags.FLAGS
+
+# Every flag with its default; `run(config)` takes a dict like this one.
+DEFAULTS: dict = {
+    "workdir": "runs/svm",
+    "seed": 0,
+    "step_size": 0.01,
+    "reg": 0.1,
+    "eval_every": 25,
+    "max_iterations": 5000,
+    "loss_steps": 2000,
+    "net_hidden": 3,
+    "net_reg": 1e-3,
+    "mnist": True,
+    "mnist_train_size": None,
+    "mnist_epochs": 10,
+    "mnist_batch_size": 100,
+    "mnist_learning_rate": 0.01,
+    "mnist_reg": 1e-4,
+    "rff_features": 4096,
+    "rff_gamma": 0.02,
+    "rff_learning_rate": 1.0,
+}
+
+# Other experiments define flags of the same names (workdir, seed); with allow_override
+# several of them can be imported into one process (tests, sweeps), the last one winning.
+_own = {"allow_override": True}
+flags.DEFINE_string(
+    "workdir",
+    DEFAULTS["workdir"],
+    "Where config.json, summary.json, metrics.jsonl and plots go.",
+    **_own,
+)
+flags.DEFINE_integer(
+    "seed", DEFAULTS["seed"], "Seed for the choice of points, initialisation and shuffling.", **_own
+)
+flags.DEFINE_float(
+    "step_size",
+    DEFAULTS["step_size"],
+    "Toy models: the SGD step size (and the loss SVM's learning rate).",
+    **_own,
+)
+flags.DEFINE_float(
+    "reg",
+    DEFAULTS["reg"],
+    "Toy SVM: regularisation strength, the pull -reg * a on a and b at every step. The "
+    "text's 1.0 is so strong that the loss's minimum misclassifies one point.",
+    **_own,
+)
+flags.DEFINE_integer(
+    "eval_every", DEFAULTS["eval_every"], "Toy models: iterations between accuracy reports.", **_own
+)
+flags.DEFINE_integer(
+    "max_iterations",
+    DEFAULTS["max_iterations"],
+    "Toy models: give up after this many SGD steps.",
+    **_own,
+)
+flags.DEFINE_integer(
+    "loss_steps", DEFAULTS["loss_steps"], "Loss SVM: full-batch gradient steps.", **_own
+)
+flags.DEFINE_integer(
+    "net_hidden", DEFAULTS["net_hidden"], "2-layer net: ReLU units in the hidden layer.", **_own
+)
+flags.DEFINE_float(
+    "net_reg", DEFAULTS["net_reg"], "2-layer net: L2 regularisation of the weights.", **_own
+)
+flags.DEFINE_bool("mnist", DEFAULTS["mnist"], "Also train the multiclass SVMs on MNIST.", **_own)
+flags.DEFINE_integer(
+    "mnist_train_size",
+    DEFAULTS["mnist_train_size"],
+    "MNIST: keep only the first N training images (quick runs).",
+    **_own,
+)
+flags.DEFINE_integer(
+    "mnist_epochs", DEFAULTS["mnist_epochs"], "MNIST: epochs of minibatch SGD.", **_own
+)
+flags.DEFINE_integer(
+    "mnist_batch_size", DEFAULTS["mnist_batch_size"], "MNIST: minibatch size.", **_own
+)
+flags.DEFINE_float(
+    "mnist_learning_rate",
+    DEFAULTS["mnist_learning_rate"],
+    "MNIST linear SVM on pixels: peak learning rate.",
+    **_own,
+)
+flags.DEFINE_float(
+    "mnist_reg", DEFAULTS["mnist_reg"], "MNIST: L2 regularisation of the weights.", **_own
+)
+flags.DEFINE_integer(
+    "rff_features",
+    DEFAULTS["rff_features"],
+    "MNIST: random Fourier features (0: skip the RFF SVM).",
+    **_own,
+)
+flags.DEFINE_float(
+    "rff_gamma",
+    DEFAULTS["rff_gamma"],
+    "MNIST: RBF kernel width gamma in exp(-gamma ||x - x'||^2).",
+    **_own,
+)
+flags.DEFINE_float(
+    "rff_learning_rate", DEFAULTS["rff_learning_rate"], "MNIST RFF SVM: peak learning rate.", **_own
+)
+
+GRID = (np.linspace(-2.5, 4.0, 131), np.linspace(-4.0, 2.5, 131))
+
+
+class UserError(Exception):
+    """A mistake in the command line; the message says what to do."""
+
+
+def validate(config: dict) -> None:
+    positive = ("step_size", "mnist_learning_rate", "rff_gamma", "rff_learning_rate")
+    for name in positive:
+        if not config[name] > 0:
+            raise UserError(f"--{name} must be positive, got {config[name]}")
+    for name in ("reg", "net_reg", "mnist_reg"):
+        if not config[name] >= 0:
+            raise UserError(f"--{name} must not be negative, got {config[name]}")
+    at_least = {"eval_every": 1, "max_iterations": 1, "loss_steps": 1, "net_hidden": 1,
+                "mnist_epochs": 1, "mnist_batch_size": 1, "rff_features": 0}  # fmt: skip
+    for name, low in at_least.items():
+        if config[name] < low:
+            raise UserError(f"--{name} must be at least {low}, got {config[name]}")
+    size = config["mnist_train_size"]
+    if size is not None and not 1 <= size <= 50_000:
+        raise UserError(f"--mnist_train_size must be in [1, 50000], got {size}")
+    if size is not None and size < config["mnist_batch_size"]:
+        raise UserError(
+            f"--mnist_train_size ({size}) must be at least --mnist_batch_size "
+            f"({config['mnist_batch_size']})"
+        )
+
+
+def prepare_workdir(workdir: str) -> Path:
+    path = Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
+        ) from None
+    return path
+
+
+def _params(p: dict) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in p.items()}
+
+
+def _abc(p: dict) -> str:
+    return ", ".join(f"{k} = {float(p[k]):.4f}" for k in ("a", "b", "c"))
+
+
+# The toy models ----------------------------------------------------------------------
+
+
+def toy(config: dict, say: Callable[..., None]) -> tuple[dict, dict]:
+    """The chapter's toy part; returns the summary and the trained models for the plot."""
+    key = jax.random.PRNGKey(config["seed"])
+    points, labels = svm_lib.toy_data()
+    reg, step = config["reg"], config["step_size"]
+    say("== The toy data ==")
+    say("  " + ", ".join(f"({x:g}, {y:g}) {lab:+d}" for (x, y), lab in
+                         zip(svm_lib.TOY_POINTS, svm_lib.TOY_LABELS, strict=True)))  # fmt: skip
+
+    say(f"\n== The SVM as a circuit: score = a*x + b*y + c, from {_abc(svm_lib.SVM_INIT)} ==")
+    say(f"SGD on one random point per step, step {step}, regularisation pull -{reg:g} * (a, b)")
+    circuit = svm_lib.train_circuit_svm(
+        jax.random.fold_in(key, 1),
+        step_size=step,
+        reg=reg,
+        eval_every=config["eval_every"],
+        max_iterations=config["max_iterations"],
+    )
+    for it, acc in circuit.history:
+        say(f"  training accuracy at iteration {it:4d}: {acc:.3f}")
+    reached = circuit.history[-1][1] == 1.0
+    say(
+        f"{'100% after' if reached else 'not 100% after'} {circuit.iterations} iterations: "
+        f"{_abc(circuit.params)}"
+    )
+
+    say(f"\n== The same SVM as a loss: mean hinge + {reg:g}/2 (a^2 + b^2) ==")
+    loss_grad = jax.grad(svm_lib.svm_loss)
+    per_point_gap = 0.0
+    for p in (svm_lib.SVM_INIT, circuit.params):
+        p = {k: jnp.asarray(v, points.dtype) for k, v in p.items()}
+        for i in range(len(labels)):
+            g = loss_grad(p, points[i : i + 1], labels[i : i + 1], reg)
+            pulls = svm_lib.circuit_svm_pulls(p, points[i], labels[i], reg)
+            per_point_gap = max(per_point_gap, *(abs(float(g[k] + pulls[k])) for k in p))
+    say(
+        "jax.grad of the loss on each point = minus the circuit's pulls, at the start and at "
+        f"the circuit's end: largest difference {per_point_gap:.1e}"
+    )
+    loss_run = svm_lib.train_loss_svm(steps=config["loss_steps"], learning_rate=step, reg=reg)
+    full_batch = svm_lib.circuit_full_batch(steps=config["loss_steps"], step_size=step, reg=reg)
+    trajectory_gap = max(abs(float(loss_run.params[k] - full_batch[k])) for k in "abc")
+    loss_acc = float(svm_lib.accuracy(svm_lib.svm_score, loss_run.params, points, labels))
+    hits = np.flatnonzero(np.asarray(loss_run.accuracies) == 1.0)
+    first_full = int(hits[0]) if hits.size else None
+    say(
+        f"optax.sgd({step}) on the whole batch, {config['loss_steps']} steps: "
+        f"{_abc(loss_run.params)}; loss {float(loss_run.losses[-1]):.4f}, "
+        f"training accuracy {loss_acc:.3f}"
+        + (f" (first 100% after {first_full} steps)" if first_full is not None else "")
+    )
+    say(
+        f"the circuit's full-batch pulls over the same {config['loss_steps']} steps: "
+        f"{_abc(full_batch)}; largest difference {trajectory_gap:.1e}"
+    )
+    xx, yy = np.meshgrid(*GRID)
+    grid = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], axis=1), points.dtype)
+    same_side = float(
+        jnp.mean(
+            (svm_lib.svm_score(circuit.params, grid) > 0)
+            == (svm_lib.svm_score(loss_run.params, grid) > 0)
+        )
+    )
+    circuit_pred = np.asarray(svm_lib.svm_score(circuit.params, points) > 0)
+    loss_pred = np.asarray(svm_lib.svm_score(loss_run.params, points) > 0)
+    agree = bool((circuit_pred == loss_pred).all())
+    say(
+        f"circuit SVM (SGD) and loss SVM (full batch) classify the toy points "
+        f"{'the same' if agree else 'differently'}, and agree on {100 * same_side:.1f}% of "
+        f"the plotted plane"
+    )
+    text_reg = svm_lib.train_loss_svm(steps=20_000, learning_rate=0.05, reg=1.0)
+    text_reg_acc = float(svm_lib.accuracy(svm_lib.svm_score, text_reg.params, points, labels))
+    say(
+        f"(with the text's pull of -1 * (a, b) the loss's minimum, {_abc(text_reg.params)}, "
+        f"reaches only {text_reg_acc:.3f}: SGD touches 100% on the way, the minimum does not)"
+    )
+
+    say(f"\n== A 2-layer net: {config['net_hidden']} ReLU units, hinge loss, jax.grad ==")
+    net = svm_lib.train_two_layer(
+        jax.random.fold_in(key, 2),
+        hidden=config["net_hidden"],
+        step_size=step,
+        reg=config["net_reg"],
+        eval_every=config["eval_every"],
+        max_iterations=config["max_iterations"],
+    )
+    for it, acc in net.history:
+        say(f"  training accuracy at iteration {it:4d}: {acc:.3f}")
+    net_reached = net.history[-1][1] == 1.0
+    say(f"{'100% after' if net_reached else 'not 100% after'} {net.iterations} iterations")
+
+    summary = {
+        "circuit_svm": {
+            "iterations_to_100": circuit.iterations if reached else None,
+            "training_accuracy": circuit.history[-1][1],
+            "history": circuit.history,
+            "params": _params(circuit.params),
+        },
+        "loss_svm": {
+            "steps": config["loss_steps"],
+            "first_step_at_100": first_full,
+            "training_accuracy": loss_acc,
+            "final_loss": float(loss_run.losses[-1]),
+            "params": _params(loss_run.params),
+            "per_point_gradient_difference": per_point_gap,
+            "full_batch_circuit_params": _params(full_batch),
+            "full_batch_trajectory_difference": trajectory_gap,
+            "same_predictions_as_circuit": agree,
+            "plane_agreement_with_circuit": same_side,
+            "text_reg_minimum": {"params": _params(text_reg.params), "accuracy": text_reg_acc},
+        },
+        "two_layer_net": {
+            "hidden": config["net_hidden"],
+            "iterations_to_100": net.iterations if net_reached else None,
+            "training_accuracy": net.history[-1][1],
+            "history": net.history,
+        },
+    }
+    models = {
+        f"circuit SVM (SGD, {circuit.iterations} it.)": (svm_lib.svm_score, circuit.params),
+        f"loss SVM (optax, {config['loss_steps']} steps)": (svm_lib.svm_score, loss_run.params),
+        f"2-layer net, {config['net_hidden']} ReLU ({net.iterations} it.)": (
+            svm_lib.two_layer_score,
+            net.params,
+        ),
+    }
+    return summary, models
+
+
+def plot_boundaries(models: dict, path: Path) -> None:
+    """Each toy model's score over the plane, its decision boundary and the points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xx, yy = np.meshgrid(*GRID)
+    grid = np.stack([xx.ravel(), yy.ravel()], axis=1)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+    for ax, (title, (score_fn, params)) in zip(axes[0], models.items(), strict=True):
+        scores = np.asarray(score_fn(params, jnp.asarray(grid))).reshape(xx.shape)
+        ax.contourf(xx, yy, scores > 0, levels=[-0.5, 0.5, 1.5], colors=["#f4c7c3", "#c6dafc"])
+        ax.contour(xx, yy, scores, levels=[-1, 0, 1], colors="k", linestyles=[":", "-", ":"])
+        for label, marker, color in ((1, "o", "#1a53c4"), (-1, "s", "#c4281a")):
+            pts = svm_lib.TOY_POINTS[svm_lib.TOY_LABELS == label]
+            ax.scatter(pts[:, 0], pts[:, 1], marker=marker, c=color, edgecolors="k",
+                       label=f"{label:+d}", zorder=3)  # fmt: skip
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    axes[0][0].legend(loc="lower left")
+    fig.suptitle("Toy decision boundaries (solid: score 0, dotted: margins ±1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# MNIST -------------------------------------------------------------------------------
+
+
+def mnist_svms(config: dict, workdir: Path, say: Callable[..., None]) -> dict:
+    from lib import data
+
+    try:
+        splits = data.mnist(train_size=config["mnist_train_size"])
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+
+    def as_rows(split):
+        return split.images.reshape(len(split), -1), split.labels
+
+    train, validation, test = (as_rows(s) for s in splits)
+    key = jax.random.PRNGKey(config["seed"])
+    models = {"linear_svm": (svm_lib.flatten_images, config["mnist_learning_rate"])}
+    if config["rff_features"]:
+        rff = svm_lib.init_random_fourier_features(
+            jax.random.fold_in(key, 10), train[0].shape[1], config["rff_features"],
+            config["rff_gamma"],
+        )  # fmt: skip
+        models["rff_svm"] = (
+            functools.partial(svm_lib.random_fourier_features, rff),
+            config["rff_learning_rate"],
+        )
+    results = {}
+    metrics_path = workdir / "metrics.jsonl"
+    metrics_path.write_text("")
+    for name, (features, learning_rate) in models.items():
+        what = (
+            "pixels"
+            if name == "linear_svm"
+            else f"{config['rff_features']} random Fourier features, gamma {config['rff_gamma']:g}"
+        )
+        say(
+            f"\n== MNIST multiclass linear SVM on {what}: hinge + L2 ({config['mnist_reg']:g}), "
+            f"{len(train[1]):,} training images, SGD momentum 0.9, lr {learning_rate:g} "
+            "cosine-decayed =="
+        )
+
+        def on_epoch(record, name=name):
+            with metrics_path.open("a") as f:
+                f.write(json.dumps({"model": name, **record}) + "\n")
+            say(
+                f"  epoch {record['epoch']:2d}  loss {record['loss']:.4f}  "
+                f"validation {100 * record['validation_accuracy']:.2f}%",
+                flush=True,
+            )
+
+        started = time.perf_counter()
+        run = svm_lib.train_multiclass_svm(
+            jax.random.fold_in(key, 11),
+            train,
+            validation,
+            test,
+            features=features,
+            epochs=config["mnist_epochs"],
+            batch_size=config["mnist_batch_size"],
+            learning_rate=learning_rate,
+            reg=config["mnist_reg"],
+            on_epoch=on_epoch,
+        )
+        wall = time.perf_counter() - started
+        say(
+            f"best validation {100 * run.validation_accuracy:.2f}% at epoch {run.best_epoch}; "
+            f"test accuracy there {100 * run.test_accuracy:.2f}%; {wall:.0f} s"
+        )
+        results[name] = {
+            "features": what,
+            "best_epoch": run.best_epoch,
+            "validation_accuracy": run.validation_accuracy,
+            "test_accuracy": run.test_accuracy,
+            "wall_time_s": wall,
+            "train_size": len(train[1]),
+            "history": run.history,
+        }
+    return results
+
+
+def run(config: dict, verbose: bool = True) -> dict:
+    """The toy models, their plot, and (unless config['mnist'] is off) the MNIST SVMs."""
+    validate(config)
+    workdir = prepare_workdir(config["workdir"])
+    write_json(workdir / "config.json", config)
+    say = print if verbose else (lambda *a, **k: None)
+    started = time.perf_counter()
+    with jax.enable_x64(True):  # the toy models in float64, so the two SVMs agree exactly
+        summary, models = toy(config, say)
+        plot_boundaries(models, workdir / "toy_boundaries.png")
+    say(f"\nwrote {workdir / 'toy_boundaries.png'}")
+    if config["mnist"]:
+        summary["mnist"] = mnist_svms(config, workdir, say)
+    summary["wall_time_s"] = time.perf_counter() - started
+    summary["device"] = str(jax.devices()[0].device_kind)
+    write_json(workdir / "summary.json", summary)
+    say(f"wrote {workdir / 'summary.json'} ({summary['wall_time_s']:.0f} s in all)")
+    return summary
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the way
+    config = {name: FLAGS[name].value for name in DEFAULTS}
+    try:
+        run(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
