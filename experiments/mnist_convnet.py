@@ -17,10 +17,12 @@ hyperparameters, and any flag given explicitly overrides them.
 | dropout  | 99.60%               | 40     | 0.03 | 0      | FC 1000 x2, dropout 0.5    |
 | ensemble | 99.67%               | 40     | 0.03 | 0      | five dropout nets, voting  |
 
-The quick CPU job of the README (two cores, under ten minutes, above 99%):
+The README's main job: the ReLU rung with random one-pixel shifts and a cosine
+learning-rate decay, 8 epochs, reached 99.31% test accuracy (99.07% validation)
+in 331 s on a heavily loaded 2-core CPU:
 
-    python -m experiments.mnist_convnet --net=relu --epochs=4 --batch_size=50 \
-        --optimizer=momentum --learning_rate=0.02 --workdir=runs/quick
+    python -m experiments.mnist_convnet --net=relu --epochs=8 --max_shift=1 \
+        --schedule=cosine --learning_rate=0.05 --workdir=runs/main
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 import jax
 from absl import app, flags, logging
 
-from lib import augment, metrics, plots
+from lib import augment, layers, metrics, plots
 from lib import data as data_lib
 from lib import train as train_lib
 from lib.nets import mnist as nets
@@ -126,6 +128,11 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     """Train one configuration (flag names to values) and return its summary."""
     config = resolve({**config, "workdir": workdir or config.get("workdir")})
     rung = nets.RUNGS[config["net"]]
+    if config["activation"] not in layers.ACTIVATIONS:
+        raise train_lib.ConfigError(
+            f"unknown activation '{config['activation']}'; "
+            f"choose from {', '.join(layers.ACTIVATIONS)}"
+        )
     workdir_path = prepare_workdir(config["workdir"])
     model = nets.create(
         config["net"],
