@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -40,7 +39,8 @@ from absl import app, flags, logging
 
 from lib import gates
 from lib import svm as svm_lib
-from lib.metrics import write_json
+from lib.errors import UserError
+from lib.metrics import prepare_workdir, write_json
 
 FLAGS = flags.FLAGS
 
@@ -106,10 +106,6 @@ flags.DEFINE_float(
 )
 
 TOY_CHECKS = ("neuron", "svm", "two_layer", "linear_svm", "rff_svm")
-
-
-class UserError(Exception):
-    """A mistake in the command line; the message says what to do."""
 
 
 # Chapter 1 ---------------------------------------------------------------------------
@@ -327,20 +323,6 @@ def resolve_check_names(requested: list[str]) -> list[str]:
 
 
 # The run -----------------------------------------------------------------------------
-
-
-def prepare_workdir(workdir: str) -> Path:
-    path = Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
-        ) from None
-    return path
 
 
 def validate(config: dict) -> None:

@@ -28,10 +28,8 @@ in 331 s on a heavily loaded 2-core CPU:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import jax
 from absl import app, flags, logging
@@ -39,6 +37,7 @@ from absl import app, flags, logging
 from lib import augment, layers, metrics, plots
 from lib import data as data_lib
 from lib import train as train_lib
+from lib.errors import UserError
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
@@ -106,20 +105,6 @@ def resolve(config: dict) -> dict:
     return out
 
 
-def prepare_workdir(workdir: str) -> Path:
-    path = Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise train_lib.ConfigError(
-            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
-        ) from None
-    return path
-
-
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
@@ -133,7 +118,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             f"unknown activation '{config['activation']}'; "
             f"choose from {', '.join(layers.ACTIVATIONS)}"
         )
-    workdir_path = prepare_workdir(config["workdir"])
+    workdir_path = metrics.prepare_workdir(config["workdir"])
     model = nets.create(
         config["net"],
         activation=config["activation"],
@@ -257,7 +242,7 @@ def main(argv):
     config = {name: FLAGS[name].value for name in FLAG_NAMES}
     try:
         summary = run(config)
-    except (train_lib.ConfigError, data_lib.DataError, train_lib.DivergedError) as e:
+    except (UserError, train_lib.DivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if not summary["finished"]:

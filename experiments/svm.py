@@ -37,7 +37,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from lib import svm as svm_lib
-from lib.metrics import write_json
+from lib.errors import UserError
+from lib.metrics import prepare_workdir, write_json
 
 FLAGS = flags.FLAGS
 
@@ -147,10 +148,6 @@ flags.DEFINE_float(
 GRID = (np.linspace(-2.5, 4.0, 131), np.linspace(-4.0, 2.5, 131))
 
 
-class UserError(Exception):
-    """A mistake in the command line; the message says what to do."""
-
-
 def validate(config: dict) -> None:
     positive = ("step_size", "mnist_learning_rate", "rff_gamma", "rff_learning_rate")
     for name in positive:
@@ -172,20 +169,6 @@ def validate(config: dict) -> None:
             f"--mnist_train_size ({size}) must be at least --mnist_batch_size "
             f"({config['mnist_batch_size']})"
         )
-
-
-def prepare_workdir(workdir: str) -> Path:
-    path = Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(
-            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
-        ) from None
-    return path
 
 
 def _params(p: dict) -> dict:

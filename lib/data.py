@@ -13,8 +13,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from lib.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """A dataset that cannot be found, prepared or read; the message says what to do."""
 
 

@@ -19,6 +19,11 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "linear": lambda z: z,
+    # Rescalings of the sigmoid, for the chapter-6 question whether sigmoid can train as fast
+    # as tanh: since tanh(z) = 2 sigmoid(2z) - 1, these take it there one step at a time.
+    "sigmoid_2z": lambda z: jax.nn.sigmoid(2 * z),  # steeper, still in (0, 1)
+    "sigmoid_sym": lambda z: 2 * jax.nn.sigmoid(z) - 1,  # centred on 0, in (-1, 1); tanh(z/2)
+    "sigmoid_rescaled": lambda z: 2 * jax.nn.sigmoid(2 * z) - 1,  # both: tanh(z) itself
 }
 
 INITS = ("book", "sqrt_n_in")

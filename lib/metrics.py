@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from lib.errors import UserError
+
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
@@ -33,6 +35,21 @@ def write_json(path: Path, data: Mapping) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def prepare_workdir(workdir: str | Path) -> Path:
+    """Create the run's folder and make sure it can be written, or say what to do."""
+    path = Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(
+            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
+        ) from None
+    return path
 
 
 def read_jsonl(path: Path) -> list[dict]:
