@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lib.nets import registry
 
@@ -72,6 +72,8 @@ def _fail(message: str) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
+    if not FLAGS["verbosity"].present:  # keep library INFO logs out of the table
+        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         _fail(f"unexpected arguments {' '.join(argv[1:])}; use --models and --resolution")
     names = FLAGS.models or list(registry.MODELS)
