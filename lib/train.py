@@ -18,6 +18,7 @@ step (CPU, where XLA runs convolutions inside a scan body several times slower).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -81,10 +82,12 @@ def make_optimizer(
     momentum: float = 0.9,
     schedule: str = "constant",
     total_steps: int = 0,
-):
+) -> optax.GradientTransformation:
     """Plain SGD at a constant rate is the book's: w <- w - eta * grad.
 
     `schedule="cosine"` decays the rate to zero over `total_steps` (Loshchilov & Hutter 2016).
+    A constant rate lives in the optimizer state (`optax.inject_hyperparams`), so runs
+    that differ only in it share one compiled train step.
     """
     if schedule == "cosine":
         if total_steps <= 0:
@@ -93,13 +96,13 @@ def make_optimizer(
     elif schedule != "constant":
         raise ConfigError(f"unknown schedule '{schedule}'; choose from {', '.join(SCHEDULES)}")
     if name == "sgd":
-        return optax.sgd(learning_rate)
-    if name == "momentum":
-        return optax.sgd(learning_rate, momentum=momentum)
-    if name == "nesterov":
-        return optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+        return optax.inject_hyperparams(optax.sgd)(learning_rate)
+    if name in ("momentum", "nesterov"):
+        return optax.inject_hyperparams(optax.sgd, static_args="nesterov")(
+            learning_rate, momentum=momentum, nesterov=name == "nesterov"
+        )
     if name == "adam":
-        return optax.adam(learning_rate)
+        return optax.inject_hyperparams(optax.adam)(learning_rate)
     raise ConfigError(f"unknown optimizer '{name}'; choose from {', '.join(OPTIMIZERS)}")
 
 
@@ -406,6 +409,45 @@ class GracefulStop:
         return False
 
 
+def set_hyperparams(state: TrainState, config: TrainConfig) -> TrainState:
+    """The state with the learning rate and momentum of `config` in its optimizer state."""
+    hyperparams = dict(state.opt_state.hyperparams)
+    if config.schedule == "constant":
+        hyperparams["learning_rate"] = config.learning_rate
+    if "momentum" in hyperparams:
+        hyperparams["momentum"] = config.momentum
+    hyperparams = {
+        k: jnp.full_like(state.opt_state.hyperparams[k], v) for k, v in hyperparams.items()
+    }
+    return state._replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+@functools.lru_cache(maxsize=32)
+def compiled_programs(
+    model: nn.Module,
+    optimizer_spec: tuple,
+    schedule_rate: float | None,
+    l2_scale: float,
+    expanded: bool,
+    augment: Any,
+    sharding: jax.sharding.Sharding | None,
+    members: int,
+    driver: str,
+) -> tuple[EpochRunner, Callable]:
+    """The epoch runner and predictor of a run, shared by every run with the same settings.
+
+    A sweep run in one process (seeds, constant learning rates) thus compiles once.
+    """
+    name, momentum, schedule, total_steps = optimizer_spec
+    optimizer = make_optimizer(name, schedule_rate or 1.0, momentum, schedule, total_steps)
+    step_fn = make_train_step(
+        model, optimizer, l2_scale, make_batch_fn(expanded, augment), sharding
+    )
+    if members > 1:
+        step_fn = ensemble_step(step_fn)
+    return EpochRunner(step_fn, driver), make_predict(model, members)
+
+
 class RunResult(NamedTuple):
     summary: dict
     state: TrainState
@@ -453,21 +495,21 @@ def train_and_evaluate(
     mesh = parallel.make_mesh(config.num_devices, config.batch_size)
     sharding = parallel.batch_sharding(mesh, 0) if mesh.size > 1 else None
 
+    total_steps = config.epochs * steps_per_epoch
     optimizer = make_optimizer(
-        config.optimizer,
-        config.learning_rate,
-        config.momentum,
-        config.schedule,
-        config.epochs * steps_per_epoch,
+        config.optimizer, config.learning_rate, config.momentum, config.schedule, total_steps
     )
-    l2_scale = 0.5 * config.l2 / steps_per_epoch
-    step_fn = make_train_step(
-        model, optimizer, l2_scale, make_batch_fn(config.expanded, config.augment), sharding
+    runner, predict = compiled_programs(
+        model,
+        (config.optimizer, config.momentum, config.schedule, total_steps),
+        config.learning_rate if config.schedule != "constant" else None,
+        0.5 * config.l2 / steps_per_epoch,
+        config.expanded,
+        config.augment,
+        sharding,
+        members,
+        config.driver,
     )
-    if members > 1:
-        step_fn = ensemble_step(step_fn)
-    runner = EpochRunner(step_fn, config.driver)
-    predict = make_predict(model, members)
 
     init_key, shuffle_key, step_key = run_keys(config.seed, members)
     state = init_state(model, optimizer, init_key, jnp.asarray(train.images[:1]))
@@ -480,6 +522,8 @@ def train_and_evaluate(
     record: dict = {"history": [], "best": None, "wall_time_s": 0.0}
     if checkpoints.latest_step() is not None:
         state, record = checkpoints.restore(state)
+        # The run's flags, not the checkpoint, decide a constant learning rate and momentum.
+        state = parallel.put_replicated(jax.device_get(set_hyperparams(state, config)), mesh)
     writer.reset(record["history"])
     hooks.on_start(
         {

@@ -179,6 +179,28 @@ def test_vmapped_members_train_as_their_seeds_alone(mnist_small, tmp_path):
             np.testing.assert_allclose(a, b[m], rtol=1e-4, atol=1e-5)
 
 
+def test_runs_differing_in_learning_rate_share_compiled_programs(mnist_small, tmp_path):
+    splits = mnist_small._replace(train=mnist_small.train.take(200))
+    model = nets.create("shallow")
+
+    def fit(learning_rate, workdir):
+        config = train.TrainConfig(
+            epochs=1, batch_size=20, learning_rate=learning_rate, num_devices=1
+        )
+        return train.train_and_evaluate(model, splits, config, tmp_path / workdir).state.params
+
+    train.compiled_programs.cache_clear()
+    slow, fast = fit(0.1, "slow"), fit(0.5, "fast")
+    info = train.compiled_programs.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
+    train.compiled_programs.cache_clear()
+    fast_alone = fit(0.5, "fast_alone")
+    for b, c in zip(jax.tree.leaves(fast), jax.tree.leaves(fast_alone), strict=True):
+        np.testing.assert_array_equal(b, c)  # the shared program used the run's own rate
+    pairs = zip(jax.tree.leaves(slow), jax.tree.leaves(fast), strict=True)
+    assert not all(np.allclose(a, b) for a, b in pairs)
+
+
 def test_majority_vote():
     votes = np.array([[0, 1, 2], [0, 2, 2], [1, 1, 0]])
     np.testing.assert_array_equal(train.majority_vote(votes, 3), [0, 1, 2])
