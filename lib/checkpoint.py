@@ -1,8 +1,10 @@
 """Save and resume training with Orbax.
 
 A checkpoint is the train state (a pytree of arrays) plus a JSON record of the
-run so far. Orbax writes each checkpoint to a temporary folder and renames it
-when complete, so a run killed mid-write leaves the previous checkpoint intact.
+run so far, and optionally the position of a Grain data iterator (one small file
+per process, since each host reads its own share of the data). Orbax writes each
+checkpoint to a temporary folder and renames it when complete, so a run killed
+mid-write leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -30,26 +32,31 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state: Any, record: dict) -> None:
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)
-            ),
-            force=True,
-        )
+    def save(self, step: int, state: Any, record: dict, data: Any = None) -> None:
+        """`data`: an iterator with Grain's `get_state() -> bytes`, saved beside the state."""
+        items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record)}
+        if data is not None:
+            import grain  # registers its iterator handler with Orbax
+
+            items["data"] = grain.checkpoint.CheckpointSave(data)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, state_like: Any, step: int | None = None) -> tuple[Any, dict]:
-        """The state (with the shapes, dtypes and shardings of `state_like`) and record."""
+    def restore(
+        self, state_like: Any, step: int | None = None, data: Any = None
+    ) -> tuple[Any, dict]:
+        """The state (with the shapes, dtypes and shardings of `state_like`) and record.
+
+        `data`: a Grain DataLoader iterator, moved to the position saved with the state.
+        """
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()
-            ),
-        )
+        items = {"state": ocp.args.StandardRestore(abstract), "record": ocp.args.JsonRestore()}
+        if data is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointRestore(data)
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored.state, restored.record
 
     def close(self) -> None:

@@ -73,8 +73,11 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"), purge_step=purge_step)
         return self._tb
 
-    def reset(self, records: Iterable[Mapping]) -> None:
-        """Rewrite metrics.jsonl to `records` (a resumed run's history at its checkpoint)."""
+    def reset(self, records: Iterable[Mapping], step_key: str = "epoch") -> None:
+        """Rewrite metrics.jsonl to `records` (a resumed run's history at its checkpoint).
+
+        TensorBoard events after the last record's `step_key` are dropped.
+        """
         if not self.enabled:
             return
         records = list(records)
@@ -83,7 +86,7 @@ class MetricsWriter:
         tmp = path.with_name(".metrics.jsonl.tmp")
         tmp.write_text(lines)
         os.replace(tmp, path)
-        last = records[-1]["epoch"] if records else 0
+        last = records[-1][step_key] if records else 0
         self._tensorboard(purge_step=last + 1)
 
     def write(self, record: Mapping, step_key: str = "epoch") -> None:
