@@ -3,7 +3,7 @@
 # in the two-ConvPool net, several seeds each, and the book's open question of whether
 # sigmoid can keep up with tanh (experiments/activations.py has the whole story).
 #
-#   launch/activations.sh              quick: 2,000 images, 3 epochs, 2 seeds (two CPU cores, minutes)
+#   launch/activations.sh              quick: 5,000 images, 8 epochs, 2 seeds (two CPU cores, minutes)
 #   launch/activations.sh full         the book's study: 60 epochs, 5 seeds (a GPU)
 #   launch/activations.sh full --variants=sigmoid,tanh --seeds=3   (other flags go to the module)
 #

@@ -1,0 +1,395 @@
+"""Sigmoid, tanh and ReLU in the book's two-ConvPool net, several seeds each.
+
+Nielsen, "Neural Networks and Deep Learning", chapter 6: the net of two ConvPool
+layers (20 and 40 filters, 5x5, max-pooling 2x2), a fully connected layer of 100
+and a softmax, trained by plain SGD on mini-batches of 10 for 60 epochs, reaches
+99.06% with sigmoid units (eta 0.1) and 99.23% with ReLUs (eta 0.03, lambda 0.1);
+the book reports that tanh (eta 0.1) trains a little faster than sigmoid and ends
+about the same, and asks whether sigmoid could keep up with tanh if its learning
+rate were changed or the function rescaled, since sigmoid(z) = (1 + tanh(z/2)) / 2.
+
+Each variant below trains its seeds as one vmapped program (member m is exactly
+the lone run with seed + m) in WORKDIR/<variant>/, which resumes from its own
+checkpoints. The variants that answer the open question take sigmoid to tanh in
+steps, tanh(z) = 2 sigmoid(2z) - 1:
+
+| variant          | units            | eta  | lambda | what it changes                      |
+| ---------------- | ---------------- | ---- | ------ | ------------------------------------ |
+| sigmoid          | sigmoid(z)       | 0.1  | 0      | the book's                           |
+| tanh             | tanh(z)          | 0.1  | 0      | the book's                           |
+| relu             | max(0, z)        | 0.03 | 0.1    | the book's                           |
+| sigmoid_x4       | sigmoid(z)       | 0.4  | 0      | learning rate x4 (slope 1/4 at 0)    |
+| sigmoid_2z       | sigmoid(2z)      | 0.1  | 0      | steeper: slope 1/2, still in (0, 1)  |
+| sigmoid_sym      | 2 sigmoid(z) - 1 | 0.1  | 0      | centred, in (-1, 1): tanh(z/2)       |
+| sigmoid_rescaled | 2 sigmoid(2z) - 1| 0.1  | 0      | both: tanh itself, a check           |
+
+    python -m experiments.activations --workdir=runs/activations          # GPU: 60 epochs, 5 seeds
+    python -m experiments.activations --preset=quick --workdir=runs/activations-quick
+
+The quick preset (every variant, 2 seeds, 5,000 training images, 8 epochs = 4,000
+steps, validated on the first 2,000 validation images) takes about seven minutes on
+two CPU cores; it shows how fast each variant starts, and sigmoid leaving the
+plateau it starts on, not where the variants end. The full study (60 epochs of
+50,000 images, 5 seeds) should end near the book's test accuracies: 99.06% for
+sigmoid and 99.23% for ReLU, tanh about as sigmoid.
+
+WORKDIR gets config.json, metrics.jsonl (one line per variant per epoch, with each
+seed's validation accuracy), summary.json (per variant: final and best validation
+accuracy and final test accuracy over seeds, each seed's first epoch at or above
+each threshold), table.md, activations.png (sigmoid, tanh, ReLU: mean and spread
+over seeds per epoch) and sigmoid_vs_tanh.png (the sigmoid variants beside tanh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags, logging
+
+from lib import data as data_lib
+from lib import studies
+from lib import train as train_lib
+from lib.errors import UserError
+from lib.metrics import prepare_workdir, write_json
+from lib.nets import mnist as nets
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    activation: str  # a name in lib.layers.ACTIVATIONS
+    learning_rate: float
+    l2: float
+    label: str
+
+
+VARIANTS: dict[str, Variant] = {
+    "sigmoid": Variant("sigmoid", 0.1, 0.0, "sigmoid, η=0.1"),
+    "tanh": Variant("tanh", 0.1, 0.0, "tanh, η=0.1"),
+    "relu": Variant("relu", 0.03, 0.1, "ReLU, η=0.03, λ=0.1"),
+    "sigmoid_x4": Variant("sigmoid", 0.4, 0.0, "sigmoid, η=0.4"),
+    "sigmoid_2z": Variant("sigmoid_2z", 0.1, 0.0, "σ(2z), η=0.1"),
+    "sigmoid_sym": Variant("sigmoid_sym", 0.1, 0.0, "2σ(z)−1, η=0.1"),
+    "sigmoid_rescaled": Variant("sigmoid_rescaled", 0.1, 0.0, "2σ(2z)−1 = tanh, η=0.1"),
+}
+BOOK = ("sigmoid", "tanh", "relu")
+SIGMOID_QUESTION = (
+    "tanh",
+    "sigmoid",
+    "sigmoid_x4",
+    "sigmoid_2z",
+    "sigmoid_sym",
+    "sigmoid_rescaled",
+)
+NET = "conv2"  # the two-ConvPool rung of lib.nets.mnist; its activation is set per variant
+
+PRESETS: dict[str, dict] = {
+    "full": {
+        "variants": list(VARIANTS),
+        "seeds": 5,
+        "epochs": 60,
+        "train_size": None,
+        "validation_size": None,
+        "thresholds": [98.5, 99.0],
+    },
+    "quick": {
+        "variants": list(VARIANTS),
+        "seeds": 2,
+        "epochs": 8,  # 4,000 steps: long enough to see sigmoid leave its first plateau
+        "train_size": 5000,
+        "validation_size": 2000,
+        "thresholds": [90.0, 95.0, 98.5, 99.0],
+    },
+}
+
+# Other experiments define flags of the same names; allow_override lets several be
+# imported into one process (tests, sweeps).
+_own = {"allow_override": True}
+flags.DEFINE_enum(
+    "preset", "full", list(PRESETS), "full: the book's study (GPU); quick: CPU.", **_own
+)
+flags.DEFINE_string("workdir", "runs/activations", "Where the study writes.", **_own)
+flags.DEFINE_list("variants", None, f"Variants to run, of {', '.join(VARIANTS)}.", **_own)
+flags.DEFINE_integer("seeds", None, "Seeds per variant, trained as one vmapped program.", **_own)
+flags.DEFINE_integer("seed", 0, "First seed; the members are seed, seed + 1, ...", **_own)
+flags.DEFINE_integer("epochs", None, "Epochs; the book's is 60.", **_own)
+flags.DEFINE_integer("train_size", None, "Keep only the first N training images.", **_own)
+flags.DEFINE_integer(
+    "validation_size", None, "Validate on the first N of the 10,000 validation images.", **_own
+)
+flags.DEFINE_integer("batch_size", 10, "Mini-batch size; the book's is 10.", **_own)
+flags.DEFINE_list(
+    "thresholds", None, "Validation accuracies (%) whose first epoch the table gives.", **_own
+)
+flags.DEFINE_enum(
+    "driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.", **_own
+)
+flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.", **_own)
+flags.DEFINE_integer("num_devices", None, "Devices to shard the batch over.", **_own)
+
+FLAG_NAMES = ("preset", "workdir", "variants", "seeds", "seed", "epochs", "train_size",
+              "validation_size",
+              "batch_size", "thresholds", "driver", "eval_batch_size", "num_devices")  # fmt: skip
+DEFAULTS = {"preset": "full", "workdir": "runs/activations", "seed": 0, "batch_size": 10,
+            "driver": "auto", "eval_batch_size": 1000, "num_devices": None}  # fmt: skip
+
+
+def resolve(config: dict) -> dict:
+    """The preset with every given (non-None) setting over it; raises ConfigError for
+    settings that cannot run."""
+    out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    if out["preset"] not in PRESETS:
+        raise train_lib.ConfigError(
+            f"unknown preset '{out['preset']}'; choose from {', '.join(PRESETS)}"
+        )
+    for name, value in PRESETS[out["preset"]].items():
+        out.setdefault(name, value)
+    out["variants"] = list(dict.fromkeys(v.strip() for v in out["variants"] if v.strip()))
+    unknown = [v for v in out["variants"] if v not in VARIANTS]
+    if unknown or not out["variants"]:
+        what = f"unknown variant '{unknown[0]}'" if unknown else "no variants given"
+        raise train_lib.ConfigError(f"{what}; choose from {', '.join(VARIANTS)}")
+    try:
+        out["thresholds"] = [float(t) for t in out["thresholds"]]
+    except ValueError:
+        raise train_lib.ConfigError(
+            f"thresholds must be percentages, got {','.join(map(str, out['thresholds']))}"
+        ) from None
+    if not all(0 < t <= 100 for t in out["thresholds"]):
+        raise train_lib.ConfigError(f"thresholds must be in (0, 100], got {out['thresholds']}")
+    if out["seeds"] < 1:
+        raise train_lib.ConfigError(f"seeds must be at least 1, got {out['seeds']}")
+    if out["train_size"] is not None and not 0 < out["train_size"] <= 50_000:
+        raise train_lib.ConfigError(f"train_size must be in [1, 50000], got {out['train_size']}")
+    if out["validation_size"] is not None and not 0 < out["validation_size"] <= 10_000:
+        raise train_lib.ConfigError(
+            f"validation_size must be in [1, 10000], got {out['validation_size']}"
+        )
+    for name in out["variants"]:
+        train_lib.validate(train_config(out, name), out["train_size"] or 50_000)
+    return out
+
+
+def train_config(config: dict, name: str) -> train_lib.TrainConfig:
+    variant = VARIANTS[name]
+    return train_lib.TrainConfig(
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        learning_rate=variant.learning_rate,
+        l2=variant.l2,
+        seed=config["seed"],
+        ensemble=config["seeds"],
+        eval_batch_size=config["eval_batch_size"],
+        driver=config["driver"],
+        num_devices=config["num_devices"],
+    )
+
+
+def train_variant(
+    name: str,
+    config: dict,
+    splits: data_lib.Splits,
+    workdir: str | Path,
+    hooks: train_lib.Hooks | None = None,
+    should_stop=None,
+) -> studies.VariantResult:
+    """One variant's seeds as one vmapped program in `workdir` (resuming there).
+
+    `config` needs epochs, batch_size, seed, seeds, eval_batch_size, driver, num_devices.
+    """
+    model = nets.create(NET, activation=VARIANTS[name].activation)
+    return studies.run_variant(
+        model, splits, train_config(config, name), workdir, hooks, should_stop
+    )
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def gap_to(curves: np.ndarray, reference: np.ndarray) -> dict | None:
+    """Mean-over-seeds accuracy minus the reference's, in percentage points: averaged over
+    the epochs both have, and at the last of them."""
+    epochs = min(curves.shape[1], reference.shape[1])
+    if epochs == 0:
+        return None
+    diff = 100 * (curves[:, :epochs].mean(0) - reference[:, :epochs].mean(0))
+    return {"mean_pp": float(diff.mean()), "final_pp": float(diff[-1])}
+
+
+def variant_report(name: str, result: studies.VariantResult, thresholds: list[float]) -> dict:
+    variant = VARIANTS[name]
+    return {
+        "label": variant.label,
+        "activation": variant.activation,
+        "learning_rate": variant.learning_rate,
+        "l2": variant.l2,
+        **studies.seed_summary(result.curves, result.final_test, [t / 100 for t in thresholds]),
+        "final_test_per_seed": result.final_test,
+        "test_accuracy_vote": result.summary["test_accuracy"],
+        "wall_time_s": result.summary["wall_time_s"],
+        "examples_per_s": result.summary["examples_per_s"],
+        "device": result.summary["device"],
+    }
+
+
+def table(reports: dict, thresholds: list[float]) -> str:
+    """Markdown: one row per variant, in the order run."""
+    firsts = " | ".join(f"first ≥ {t:g}%" for t in thresholds)
+    lines = [
+        f"| variant | η | λ | final val | best val | final test | {firsts} "
+        "| vs tanh, mean / final (pp) | wall time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | "
+        + "---: | " * len(thresholds)
+        + "---: | ---: |",
+    ]
+    for name, r in reports.items():
+        v = VARIANTS[name]
+        if "diverged" in r:
+            lines.append(
+                f"| {v.label} | {v.learning_rate:g} | {v.l2:g} | diverged: {r['diverged']} |"
+            )
+            continue
+        cells = " | ".join(studies.epochs_cell(r["first_epoch"][f"{t:g}"]) for t in thresholds)
+        gap = r.get("vs_tanh")
+        vs = "-" if gap is None else f"{gap['mean_pp']:+.2f} / {gap['final_pp']:+.2f}"
+        lines.append(
+            f"| {r['label']} | {v.learning_rate:g} | {v.l2:g} | {studies.mean_pm(r['final_val'])} "
+            f"| {studies.mean_pm(r['best_val'])} | {studies.mean_pm(r['final_test'])} | {cells} "
+            f"| {vs} | {r['wall_time_s'] / 60:.1f} min |"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(root: Path, config: dict, results: dict) -> None:
+    """The study's metrics.jsonl and figures from the variants finished so far."""
+    lines = []
+    for name, result in results.items():
+        lines += studies.study_lines(name, result.history, label=VARIANTS[name].label)
+    path = root / "metrics.jsonl"
+    tmp = path.with_name(".metrics.jsonl.tmp")
+    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
+    os.replace(tmp, path)
+    where = (
+        f"{config['train_size'] or 50_000:,} training images, "
+        f"{config['validation_size'] or 10_000:,} validation, batch {config['batch_size']}"
+    )
+    thresholds = [t / 100 for t in config["thresholds"]]
+    book = [(VARIANTS[n].label, results[n].curves) for n in BOOK if n in results]
+    if book:
+        studies.seed_bands(book, root / "activations.png", f"Two-ConvPool net, {where}", thresholds)
+    question = [(VARIANTS[n].label, results[n].curves) for n in SIGMOID_QUESTION if n in results]
+    if len(question) > 1:
+        studies.seed_bands(
+            question,
+            root / "sigmoid_vs_tanh.png",
+            f"Can sigmoid train as fast as tanh? {where}",
+            thresholds,
+        )
+
+
+def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
+    """Run (or resume) the study; returns its summary (also written to summary.json)."""
+    config = resolve({**config, "workdir": workdir or config.get("workdir")})
+    root = prepare_workdir(config["workdir"])
+    say = print if verbose else (lambda *a, **k: None)
+    splits = data_lib.mnist(train_size=config["train_size"])
+    if config["validation_size"]:
+        splits = splits._replace(validation=splits.validation.take(config["validation_size"]))
+    write_json(root / "config.json", config)
+    started = time.perf_counter()
+    results: dict[str, studies.VariantResult] = {}
+    reports: dict[str, dict] = {}
+    finished = True
+
+    with train_lib.GracefulStop() as stop:
+        for name in config["variants"]:
+            label = VARIANTS[name].label
+
+            def on_start(info, label=label):
+                what = (
+                    f"resuming at step {info['resumed_step']}" if info["resumed_step"] else "start"
+                )
+                say(
+                    f"{label}: {config['seeds']} seeds as one program, {len(splits.train):,} "
+                    f"images, {info['steps_per_epoch']} steps/epoch, {info['driver']} driver; "
+                    f"{what}",
+                    flush=True,
+                )
+
+            def on_epoch(e, name=name):
+                acc = np.asarray(e.get("val_member_accuracy", [e["val_accuracy"]]))
+                say(
+                    f"  {name} epoch {e['epoch']:3d}/{config['epochs']}  loss "
+                    f"{e['train_loss']:.4f}  val {100 * acc.mean():.2f}% (seeds "
+                    f"{100 * acc.min():.2f}-{100 * acc.max():.2f})  {e['epoch_time_s']:.1f} s",
+                    flush=True,
+                )
+
+            hooks = train_lib.Hooks(on_start=on_start, on_epoch=on_epoch)
+            try:
+                result = train_variant(name, config, splits, root / name, hooks, stop)
+            except train_lib.DivergedError as e:
+                reports[name] = {"label": label, "diverged": str(e).split(";")[0]}
+                say(f"{label}: diverged, {e}", flush=True)
+                continue
+            if not result.summary["finished"]:
+                finished = False
+                break
+            results[name] = result
+            reports[name] = variant_report(name, result, config["thresholds"])
+            write_json(root / name / "summary.json", {"variant": name, **reports[name]})
+            write_outputs(root, config, results)
+
+    if not finished:
+        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        return {"finished": False}
+    if "tanh" in results:
+        for name, result in results.items():
+            reports[name]["vs_tanh"] = gap_to(result.curves, results["tanh"].curves)
+    markdown = table(reports, config["thresholds"])
+    (root / "table.md").write_text(markdown + "\n")
+    devices = sorted({r["device"] for r in reports.values() if "device" in r})
+    summary = {
+        "finished": True,
+        "study": "activations",
+        "net": NET,
+        "train_size": len(splits.train),
+        "validation_size": len(splits.validation),
+        "epochs": config["epochs"],
+        "seeds": list(range(config["seed"], config["seed"] + config["seeds"])),
+        "thresholds": config["thresholds"],
+        "device": ", ".join(devices),
+        "wall_time_s": time.perf_counter() - started,  # this invocation's
+        "train_time_s": sum(r.get("wall_time_s", 0.0) for r in reports.values()),  # all runs'
+        "variants": reports,
+    }
+    write_json(root / "summary.json", summary)
+    say(markdown, flush=True)
+    say(f"device: {summary['device']}; wrote {root}/summary.json and its figures", flush=True)
+    return summary
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
+    config = {name: FLAGS[name].value for name in FLAG_NAMES}
+    try:
+        summary = run(config)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if not summary["finished"]:
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    app.run(main)
