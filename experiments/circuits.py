@@ -35,8 +35,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import common
 from lib import gates
 from lib import svm as svm_lib
 from lib.errors import UserError
@@ -447,17 +448,8 @@ def run(config: dict, verbose: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the way
-    config = {name: FLAGS[name].value for name in DEFAULTS}
-    try:
-        summary = run(config)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if config["check"] and not summary["passed"]:
+    summary = common.run_from_flags(argv, run, DEFAULTS)
+    if not summary.get("passed", True):  # a failed gradient check
         sys.exit(1)
 
 

@@ -52,12 +52,12 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import common
 from lib import augment, studies
 from lib import data as data_lib
 from lib import train as train_lib
-from lib.errors import UserError
 from lib.metrics import prepare_workdir, write_json
 from lib.nets import mnist as nets
 
@@ -447,18 +447,9 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
-    config = {name: FLAGS[name].value for name in FLAG_NAMES}
-    try:
-        summary = run(config)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    summary = common.run_from_flags(argv, run, FLAG_NAMES)
     if not summary["finished"]:
-        sys.exit(3)
+        sys.exit(common.STOPPED)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import common
 from lib import svm as svm_lib
 from lib.errors import UserError
 from lib.metrics import prepare_workdir, write_json
@@ -441,16 +441,7 @@ def run(config: dict, verbose: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the way
-    config = {name: FLAGS[name].value for name in DEFAULTS}
-    try:
-        run(config)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    common.run_from_flags(argv, run, DEFAULTS)
 
 
 if __name__ == "__main__":
