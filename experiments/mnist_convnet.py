@@ -86,12 +86,17 @@ FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "
                "elastic_alpha", "elastic_sigma", *OVERRIDABLE)  # fmt: skip
 
 
+# Taken when the flags are defined: another experiment imported later into the same
+# process may redefine a flag of the same name (workdir, seed, ...) with its own default.
+DEFAULTS = {name: FLAGS[name].default for name in FLAG_NAMES}
+
+
 def resolve(config: dict) -> dict:
     """The rung's preset with every explicitly given (non-None) flag applied over it.
 
     Flags missing from `config` take their defaults, so callers may pass only what they change.
     """
-    out = {name: FLAGS[name].default for name in FLAG_NAMES}
+    out = dict(DEFAULTS)
     out.update(config)
     if out["net"] not in nets.RUNGS:
         raise train_lib.ConfigError(
