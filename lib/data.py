@@ -52,6 +52,13 @@ def _data_source(name: str, split: str, data_dir: str | None):
         where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
         try:
             return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+        except ModuleNotFoundError as failed:
+            raise DataError(
+                f"dataset '{name}' is not prepared in {where}, and preparing it from its "
+                f"download needs a package that is not installed ({failed.name}): install "
+                "the download extra (pip install -e '.[download]'), or set TFDS_DATA_DIR to a "
+                "folder that holds a prepared copy"
+            ) from missing
         except Exception as failed:
             raise DataError(
                 f"dataset '{name}' is not prepared in {where} and could not be downloaded "
