@@ -140,7 +140,9 @@ def spread(values: Sequence[float]) -> dict:
     }
 
 
-def seed_summary(curves: np.ndarray, final_test: Sequence[float], thresholds: Sequence[float]):
+def seed_summary(
+    curves: np.ndarray, final_test: Sequence[float], thresholds: Sequence[float]
+) -> dict:
     """What a table row says about K seeds: final and best validation accuracy, final test
     accuracy (each as mean and spread over seeds), and each seed's first epoch at or above
     each threshold (None where it never got there)."""

@@ -354,7 +354,7 @@ def majority_vote(predictions: np.ndarray, num_classes: int) -> np.ndarray:
     return np.argmax(votes, -1)
 
 
-def predict_split(predict: Callable, params: Any, images, batch_size: int) -> np.ndarray:
+def predict_split(predict: Callable, params: Any, images: jax.Array, batch_size: int) -> np.ndarray:
     """Labels for every image, in fixed-size batches (the last padded, so one compile)."""
     n = images.shape[0]
     batch_size = min(batch_size, n)
