@@ -163,8 +163,10 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
 
     say = print if verbose else (lambda *a, **k: None)
     started = time.perf_counter()
+    first_epoch = [0]
 
     def on_start(info):
+        first_epoch[0] = info["resumed_step"] // info["steps_per_epoch"]  # for the ETA
         what = "resuming at step {resumed_step}".format(**info) if info["resumed_step"] else "start"
         say(
             f"{config['net']}: {info['params']:,} parameters, {len(splits.train):,} training "
@@ -201,7 +203,6 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             flush=True,
         )
 
-    first_epoch = [0]
     hooks = train_lib.Hooks(on_start=on_start, on_epoch=on_epoch, on_progress=on_progress)
     with train_lib.GracefulStop() as stop:
         summary, state = train_lib.train_and_evaluate(
