@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments import mnist_convnet
 from lib.nets import mnist as nets
@@ -70,6 +70,8 @@ def collect(root: Path, names: list[str], seeds: list[int]) -> list[dict]:
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
     root = Path(FLAGS.workdir or "runs/ladder")
     given = {
         name: FLAGS[name].value
