@@ -252,6 +252,11 @@ def run_keys(seed: int, members: int = 1) -> tuple[jax.Array, jax.Array, jax.Arr
     return keys[:, 0], keys[:, 1], keys[:, 2]
 
 
+def current_step(state: TrainState) -> int:
+    """The state's step; every member of an ensemble has taken the same number."""
+    return int(np.asarray(state.step).reshape(-1)[0])
+
+
 def count_params(params: Any) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
@@ -527,7 +532,7 @@ def train_and_evaluate(
     writer.reset(record["history"])
     hooks.on_start(
         {
-            "resumed_step": int(state.step if members == 1 else state.step[0]),
+            "resumed_step": current_step(state),
             "steps_per_epoch": steps_per_epoch,
             "devices": mesh.size,
             "driver": runner.driver,
@@ -541,7 +546,7 @@ def train_and_evaluate(
     finished = True
     try:
         while True:
-            step = int(np.asarray(state.step).reshape(-1)[0])
+            step = current_step(state)
             epoch, offset = divmod(step, steps_per_epoch)
             if epoch >= config.epochs:
                 break
@@ -579,7 +584,7 @@ def train_and_evaluate(
             if offset + done < steps_per_epoch:  # asked to stop mid-epoch
                 record["partial"] = partial
                 record["wall_time_s"] += train_seconds
-                checkpoints.save(int(np.asarray(state.step).reshape(-1)[0]), state, record)
+                checkpoints.save(current_step(state), state, record)
                 finished = False
                 break
             val = evaluate(val_x, splits.validation, state.params)
@@ -604,7 +609,7 @@ def train_and_evaluate(
             record["best"] = best
             record["history"].append(entry)
             record["wall_time_s"] += time.perf_counter() - started
-            checkpoints.save(int(np.asarray(state.step).reshape(-1)[0]), state, record)
+            checkpoints.save(current_step(state), state, record)
             writer.write(entry)
             hooks.on_epoch(entry)
             if should_stop is not None and should_stop() and epoch + 1 < config.epochs:
