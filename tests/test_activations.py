@@ -1,14 +1,12 @@
 """The activation study: vmapped seeds equal lone seeds, quick outputs, bad flags."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from commands import run_module
 
 from experiments import activations
 from lib import studies
@@ -17,14 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.activations", *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("experiments.activations", *args, timeout=120)
 
 
 def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path):

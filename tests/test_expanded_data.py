@@ -2,12 +2,10 @@
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from commands import run_module
 
 from experiments import expanded_data
 from lib import studies
@@ -20,14 +18,7 @@ STRENGTHS = {"max_shift": 2, "max_degrees": 15.0, "max_skew": 0.3, "elastic_alph
 
 
 def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.expanded_data", *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_module("experiments.expanded_data", *args, timeout=120)
 
 
 def test_expansions_combine_in_any_order():

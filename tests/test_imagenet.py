@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from commands import run_module
 
 from lib import imagenet_train as it
 from lib import parallel
@@ -35,17 +36,8 @@ def compile_cache(tmp_path_factory):
 
 
 def cli(*args, cache=None, timeout=300):
-    env = {**os.environ}
-    if cache:
-        env["JAX_COMPILATION_CACHE_DIR"] = cache
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.imagenet_nets", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    env = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else None
+    return run_module("experiments.imagenet_nets", *args, env=env, timeout=timeout)
 
 
 def result(workdir: Path) -> dict:

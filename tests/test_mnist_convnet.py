@@ -1,7 +1,6 @@
 """The MNIST convnet experiment end to end: learning, resuming, devices, bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from commands import run_module
 
 from lib import parallel, train
 from lib.nets import mnist as nets
@@ -21,14 +21,7 @@ QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1"]
 
 
 def cli(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.mnist_convnet", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("experiments.mnist_convnet", *args, env=env, timeout=timeout)
 
 
 def result(workdir: Path) -> dict:
