@@ -7,7 +7,11 @@ test images are kept apart for the final score.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,30 +47,48 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "classic_nets"
 
 
-def _data_source(name: str, split: str, data_dir: str | None):
+def _tfds_dir(data_dir: str | None = None) -> str:
+    return data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+
+
+def _prepared_source(name: str, split: str, data_dir: str | None):
+    """The split read from a prepared TFDS copy, or None where there is none."""
     import tensorflow_datasets as tfds
 
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-    except Exception as missing:  # TFDS raises several types for "not prepared here"
-        where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-        try:
-            return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
-        except ModuleNotFoundError as failed:
-            raise DataError(
-                f"dataset '{name}' is not prepared in {where}, and preparing it from its "
-                f"download needs a package that is not installed ({failed.name}): install "
-                "the download extra (pip install -e '.[download]'), or set TFDS_DATA_DIR to a "
-                "folder that holds a prepared copy"
-            ) from missing
-        except Exception as failed:
-            raise DataError(
-                f"dataset '{name}' is not prepared in {where} and could not be downloaded "
-                f"({type(failed).__name__}: {str(failed).splitlines()[0] if str(failed) else ''})."
-                " Set TFDS_DATA_DIR to a folder that holds a prepared copy "
-                "(for example TFDS_DATA_DIR=../shared/tensorflow_datasets), "
-                "or run once with a network so TFDS can download it."
-            ) from missing
+    except Exception:  # TFDS raises several types for "not prepared here"
+        return None
+
+
+def _downloaded_source(name: str, split: str, data_dir: str | None):
+    """The split after TFDS downloads and prepares it (its builders need TensorFlow)."""
+    import tensorflow_datasets as tfds
+
+    where = _tfds_dir(data_dir)
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+    except ModuleNotFoundError as failed:
+        raise DataError(
+            f"dataset '{name}' is not prepared in {where}, and preparing it from its "
+            f"download needs a package that is not installed ({failed.name}): install "
+            "the download extra (pip install -e '.[download]'), or set TFDS_DATA_DIR to a "
+            "folder that holds a prepared copy"
+        ) from None
+    except Exception as failed:
+        raise DataError(
+            f"dataset '{name}' is not prepared in {where} and could not be downloaded "
+            f"({type(failed).__name__}: {str(failed).splitlines()[0] if str(failed) else ''})."
+            " Set TFDS_DATA_DIR to a folder that holds a prepared copy "
+            "(for example TFDS_DATA_DIR=../shared/tensorflow_datasets), "
+            "or run once with a network so TFDS can download it."
+        ) from None
+
+
+def _decode_all(source) -> tuple[np.ndarray, np.ndarray]:
+    examples = source.__getitems__(list(range(len(source))))
+    images = np.stack([e["image"] for e in examples]).astype(np.uint8)
+    return images, np.asarray([e["label"] for e in examples], dtype=np.int32)
 
 
 def load_tfds_arrays(
@@ -75,16 +97,22 @@ def load_tfds_arrays(
     """All of a TFDS image-classification split as (uint8 images NHWC, int32 labels).
 
     Decoding tens of thousands of PNGs takes seconds, so the arrays are cached as .npz.
+    MNIST that is not prepared for TFDS is downloaded from the files TFDS's own builder
+    uses and put into TFDS's stored order (see `mnist_from_download`), so both sources
+    give the same arrays and no TensorFlow is needed.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache = cache_dir / f"{name}-{split}.npz"
     if cache.exists():
         with np.load(cache) as f:
             return f["images"], f["labels"]
-    source = _data_source(name, split, data_dir)
-    examples = source.__getitems__(list(range(len(source))))
-    images = np.stack([e["image"] for e in examples]).astype(np.uint8)
-    labels = np.asarray([e["label"] for e in examples], dtype=np.int32)
+    source = _prepared_source(name, split, data_dir)
+    if source is not None:
+        images, labels = _decode_all(source)
+    elif name == "mnist":
+        images, labels = mnist_from_download(split, data_dir)
+    else:
+        images, labels = _decode_all(_downloaded_source(name, split, data_dir))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
@@ -93,6 +121,111 @@ def load_tfds_arrays(
     except OSError:
         pass  # an unwritable cache only costs time
     return images, labels
+
+
+# ---------------------------------------------------------------------------------------
+# MNIST from its download, without TensorFlow.
+
+MNIST_URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
+# The files TFDS's MNIST builder downloads, with the SHA-256 sums TFDS records for them.
+MNIST_FILES = {
+    "train": (
+        ("train-images-idx3-ubyte.gz",
+         "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        ("train-labels-idx1-ubyte.gz",
+         "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    ),
+    "test": (
+        ("t10k-images-idx3-ubyte.gz",
+         "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+        ("t10k-labels-idx1-ubyte.gz",
+         "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    ),
+}  # fmt: skip
+
+
+def tfds_order(n: int, split: str) -> np.ndarray:
+    """The original index of the example TFDS stores at each position of a split.
+
+    TFDS writes a split sorted by the MD5 of (split name + the example's key); MNIST's
+    keys are the indices in the original files. So `original[tfds_order(n, split)]`
+    is the split as a prepared TFDS copy holds it.
+    """
+    salt = hashlib.md5(split.encode())
+
+    def key_hash(i: int) -> int:
+        h = salt.copy()
+        h.update(str(i).encode())
+        return int(h.hexdigest(), 16)
+
+    return np.asarray(sorted(range(n), key=key_hash), dtype=np.int64)
+
+
+def parse_idx(raw: bytes, what: str) -> np.ndarray:
+    """An IDX file's uint8 array (LeCun's format: magic 0x0801 labels, 0x0803 images)."""
+    if len(raw) < 8 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DataError(f"{what} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * d : 8 + 4 * d], "big") for d in range(ndim))
+    body = raw[4 + 4 * ndim :]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(f"{what} holds {len(body)} bytes, its header says {shape}")
+    return np.frombuffer(body, np.uint8).reshape(shape)
+
+
+def _fetch(url: str, sha256: str, folder: Path) -> bytes:
+    """The file at `url`, checked against its SHA-256 and kept in `folder`."""
+    path = folder / url.rsplit("/", 1)[-1]
+    if path.exists():
+        raw = path.read_bytes()
+        if hashlib.sha256(raw).hexdigest() == sha256:
+            return raw
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            raw = response.read()
+    except (urllib.error.URLError, OSError) as failed:
+        reason = getattr(failed, "reason", failed)
+        raise DataError(
+            f"MNIST is not prepared in {_tfds_dir()} and could not be downloaded from "
+            f"{url} ({reason}). Set TFDS_DATA_DIR to a folder that holds a prepared copy "
+            "(for example TFDS_DATA_DIR=../shared/tensorflow_datasets), or run once with "
+            "a network."
+        ) from None
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{url} did not download intact (its SHA-256 differs); run again")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(raw)
+    except OSError:
+        pass
+    return raw
+
+
+def mnist_from_download(
+    split: str, data_dir: str | None = None, url: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """An MNIST split from the IDX files TFDS's builder downloads, in TFDS's order.
+
+    The files land in `<TFDS data dir>/downloads/mnist_idx`; `url` (default: the
+    environment's CLASSIC_NETS_MNIST_URL, else TFDS's source) names a mirror.
+    """
+    if split not in MNIST_FILES:
+        raise DataError(f"MNIST has splits {sorted(MNIST_FILES)}, not '{split}'")
+    base = url or os.environ.get("CLASSIC_NETS_MNIST_URL") or MNIST_URL
+    folder = Path(_tfds_dir(data_dir)).expanduser() / "downloads" / "mnist_idx"
+    (images_file, images_sha), (labels_file, labels_sha) = MNIST_FILES[split]
+    images = parse_idx(
+        gzip.decompress(_fetch(base.rstrip("/") + "/" + images_file, images_sha, folder)),
+        images_file,
+    )
+    labels = parse_idx(
+        gzip.decompress(_fetch(base.rstrip("/") + "/" + labels_file, labels_sha, folder)),
+        labels_file,
+    )
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DataError(f"{images_file} and {labels_file} do not hold one image per label")
+    order = tfds_order(len(labels), split)
+    return images[order][..., None], labels[order].astype(np.int32)
 
 
 def mnist(

@@ -1,0 +1,113 @@
+"""MNIST loading: the prepared TFDS copy, and the download path that needs no TensorFlow."""
+
+import functools
+import gzip
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from lib import data
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` (uint8) in LeCun's IDX format."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def test_tfds_order_recovers_the_original_mnist_order(tmp_path):
+    # MNIST's original files begin with these labels (LeCun's train and t10k files).
+    first = {"train": [5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5], "test": [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]}
+    for split, expected in first.items():
+        try:
+            _, stored = data.load_tfds_arrays("mnist", split, cache_dir=tmp_path)
+        except data.DataError as missing:
+            pytest.skip(str(missing))
+        order = data.tfds_order(len(stored), split)
+        original = np.empty_like(stored)
+        original[order] = stored
+        assert original[: len(expected)].tolist() == expected
+        assert sorted(order.tolist()) == list(range(len(stored)))
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def pixels(images: np.ndarray) -> np.ndarray:
+    return images[..., None].astype(np.float32) / 255.0
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A local MNIST mirror of small made-up IDX files; yields (url, files by split)."""
+    root = tmp_path / "mirror"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    made, sums = {}, {}
+    for split, n in (("train", 120), ("test", 30)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        made[split] = (images, labels)
+        names = []
+        for (name, _), array in zip(data.MNIST_FILES[split], (images, labels), strict=True):
+            raw = gzip.compress(idx_bytes(array))
+            (root / name).write_bytes(raw)
+            names.append((name, hashlib.sha256(raw).hexdigest()))
+        sums[split] = tuple(names)
+    monkeypatch.setattr(data, "MNIST_FILES", sums)
+    monkeypatch.setenv("CLASSIC_NETS_CACHE", str(tmp_path / "cache"))
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("CLASSIC_NETS_MNIST_URL", f"http://127.0.0.1:{server.server_port}/")
+    yield root, made, server, str(tmp_path / "tfds")  # an empty TFDS data folder
+    server.shutdown()
+
+
+def test_mnist_downloads_into_tfds_order_without_tensorflow(mirror, tmp_path):
+    root, made, server, empty = mirror
+    splits = data.mnist(validation_size=20, data_dir=empty)
+    train_x, train_y = made["train"]
+    order = data.tfds_order(120, "train")
+    np.testing.assert_array_equal(splits.train.labels, train_y[order][:100])
+    np.testing.assert_array_equal(splits.validation.labels, train_y[order][100:])
+    np.testing.assert_array_equal(splits.train.images, pixels(train_x[order][:100]))
+    test_x, _ = made["test"]
+    np.testing.assert_array_equal(splits.test.images, pixels(test_x[data.tfds_order(30, "test")]))
+    assert splits.train.images.shape == (100, 28, 28, 1)
+    # The downloads are kept: with the mirror gone and the array cache cleared, it loads.
+    server.shutdown()
+    for cached in (tmp_path / "cache").iterdir():
+        cached.unlink()
+    kept = tmp_path / "tfds" / "downloads" / "mnist_idx"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in root.iterdir())
+    again = data.mnist(validation_size=20, data_dir=empty)
+    np.testing.assert_array_equal(again.train.images, splits.train.images)
+
+
+def test_a_corrupted_download_is_refused(mirror):
+    root, _, _, empty = mirror
+    name = data.MNIST_FILES["test"][1][0]
+    (root / name).write_bytes(gzip.compress(b"not the labels"))
+    with pytest.raises(data.DataError, match="did not download intact"):
+        data.mnist_from_download("test", empty)
+
+
+def test_an_unreachable_mirror_says_how_to_point_tfds(tmp_path):
+    with pytest.raises(data.DataError, match="TFDS_DATA_DIR"):
+        data.mnist_from_download("test", str(tmp_path), url="http://127.0.0.1:9/")
+
+
+def test_parse_idx_refuses_what_is_not_idx():
+    with pytest.raises(data.DataError, match="not an IDX file"):
+        data.parse_idx(b"PK\x03\x04 a zip file", "x")
+    with pytest.raises(data.DataError, match="header says"):
+        data.parse_idx(idx_bytes(np.zeros((2, 3, 4), np.uint8))[:-1], "x")
