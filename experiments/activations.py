@@ -131,14 +131,23 @@ flags.DEFINE_list(
 flags.DEFINE_enum(
     "driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.", **_own
 )
+flags.DEFINE_enum(
+    "ensemble_layout",
+    "auto",
+    train_lib.LAYOUTS,
+    "How the seeds share the program: vmap, or one unrolled copy each (auto: unrolled "
+    "on CPU, vmap on accelerators).",
+    **_own,
+)
 flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.", **_own)
 flags.DEFINE_integer("num_devices", None, "Devices to shard the batch over.", **_own)
 
 FLAG_NAMES = ("preset", "workdir", "variants", "seeds", "seed", "epochs", "train_size",
-              "validation_size",
-              "batch_size", "thresholds", "driver", "eval_batch_size", "num_devices")  # fmt: skip
+              "validation_size", "batch_size", "thresholds", "driver", "ensemble_layout",
+              "eval_batch_size", "num_devices")  # fmt: skip
 DEFAULTS = {"preset": "full", "workdir": "runs/activations", "seed": 0, "batch_size": 10,
-            "driver": "auto", "eval_batch_size": 1000, "num_devices": None}  # fmt: skip
+            "driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
+            "num_devices": None}  # fmt: skip
 
 
 def resolve(config: dict) -> dict:
@@ -188,6 +197,7 @@ def train_config(config: dict, name: str) -> train_lib.TrainConfig:
         ensemble=config["seeds"],
         eval_batch_size=config["eval_batch_size"],
         driver=config["driver"],
+        ensemble_layout=config["ensemble_layout"],
         num_devices=config["num_devices"],
     )
 

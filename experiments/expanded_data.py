@@ -136,6 +136,14 @@ flags.DEFINE_float("elastic_sigma", 4.0, "elastic: smoothness in pixels (Simard:
 flags.DEFINE_enum(
     "driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.", **_own
 )
+flags.DEFINE_enum(
+    "ensemble_layout",
+    "auto",
+    train_lib.LAYOUTS,
+    "How the seeds share the program: vmap, or one unrolled copy each (auto: unrolled "
+    "on CPU, vmap on accelerators).",
+    **_own,
+)
 flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.", **_own)
 flags.DEFINE_integer("num_devices", None, "Devices to shard the batch over.", **_own)
 
@@ -143,10 +151,11 @@ FLAG_NAMES = ("preset", "workdir", "net", "expansions", "train_sizes", "validati
               "seeds", "seed",
               "epochs", "min_steps", "batch_size", "learning_rate", "l2", "max_shift",
               "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma", "driver",
-              "eval_batch_size", "num_devices")  # fmt: skip
+              "ensemble_layout", "eval_batch_size", "num_devices")  # fmt: skip
 DEFAULTS = {"preset": "full", "workdir": "runs/expanded", "seed": 0, "max_shift": 2,
             "max_degrees": 15.0, "max_skew": 0.3, "elastic_alpha": 34.0, "elastic_sigma": 4.0,
-            "driver": "auto", "eval_batch_size": 1000, "num_devices": None}  # fmt: skip
+            "driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
+            "num_devices": None}  # fmt: skip
 
 
 def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.AugmentConfig | None]:
@@ -266,6 +275,7 @@ def train_config(config: dict, expansion: str, n: int) -> train_lib.TrainConfig:
         augment=aug,
         eval_batch_size=config["eval_batch_size"],
         driver=config["driver"],
+        ensemble_layout=config["ensemble_layout"],
         num_devices=config["num_devices"],
     )
 

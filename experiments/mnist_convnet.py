@@ -73,6 +73,13 @@ flags.DEFINE_enum(
     "init", "book", ("book", "sqrt_n_in"), "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in)."
 )
 flags.DEFINE_enum("driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.")
+flags.DEFINE_enum(
+    "ensemble_layout",
+    "auto",
+    train_lib.LAYOUTS,
+    "How --ensemble members share the program: vmap, or one unrolled copy each (auto: "
+    "unrolled on CPU, vmap on accelerators).",
+)
 flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.")
 flags.DEFINE_integer(
     "num_devices", None, "Devices to shard the batch over; default: all that divide it."
@@ -82,8 +89,9 @@ OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activa
                "ensemble")  # fmt: skip
 
 FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "schedule", "init",
-               "driver", "eval_batch_size", "num_devices", "max_shift", "max_degrees", "max_skew",
-               "elastic_alpha", "elastic_sigma", *OVERRIDABLE)  # fmt: skip
+               "driver", "ensemble_layout", "eval_batch_size", "num_devices", "max_shift",
+               "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
+               *OVERRIDABLE)  # fmt: skip
 
 
 # Taken when the flags are defined: another experiment imported later into the same
@@ -154,6 +162,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         augment=expansion if expansion.enabled else None,
         eval_batch_size=config["eval_batch_size"],
         driver=config["driver"],
+        ensemble_layout=config["ensemble_layout"],
         num_devices=config["num_devices"],
     )
     train_lib.validate(train_config, config["train_size"] or 50_000)
@@ -173,7 +182,9 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             f"images{' x5 (expanded)' if config['expanded'] else ''}, "
             f"batch {config['batch_size']}, "
             f"{info['steps_per_epoch']} steps/epoch, {info['devices']} device(s), "
-            f"{info['driver']} driver; {what}",
+            f"{info['driver']} driver"
+            + (f", {config['ensemble']} nets ({info['layout']})" if info["layout"] else "")
+            + f"; {what}",
             flush=True,
         )
 

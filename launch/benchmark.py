@@ -1,13 +1,15 @@
 """Training speed of the MNIST ladder: examples/s and seconds per epoch, per rung and batch size.
 
     python -m launch.benchmark                                  # every rung, batch 10 and 100
-    python -m launch.benchmark --nets=dropout --batch_sizes=10,100 --ensemble=1,5
+    python -m launch.benchmark --nets=dropout --batch_sizes=10,100 --ensemble=1,5 \
+        --ensemble_layouts=vmap,unrolled
 
 Data are random arrays of MNIST's shape living on the device (speed does not
 depend on pixel values). Each case compiles, warms up, then times `--steps`
 training steps with the epoch driver the run would use (lax.scan on
 accelerators, a host loop on CPU; `--driver` forces one). Seconds per epoch
 are for the rung's real epoch: 50,000 images, or 250,000 for the expanded set.
+An ensemble is timed in each of `--ensemble_layouts` (`lib.train.resolve_layout`).
 
 Targets on one H100/H200 for the dropout rung on the expanded set: at most
 3.3 s per epoch at batch 10 and 0.65 s at batch 100, and the five-net ensemble
@@ -29,12 +31,17 @@ from lib.nets import mnist as nets
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS[:-1]), "Rungs to time (the ensemble is --ensemble).")
 flags.DEFINE_list("batch_sizes", ["10", "100"], "Mini-batch sizes.")
-flags.DEFINE_list("ensemble", ["1"], "Ensemble sizes, each trained as one vmapped program.")
+flags.DEFINE_list("ensemble", ["1"], "Ensemble sizes, each trained as one program.")
+flags.DEFINE_list(
+    "ensemble_layouts", ["auto"], f"Ensemble layouts to time, of {', '.join(train.LAYOUTS)}."
+)
 flags.DEFINE_integer("steps", 0, "Steps to time; default 2,000 on accelerators, 200 on CPU.")
 flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
 
 
-def time_case(name: str, batch_size: int, members: int, steps: int, driver: str) -> dict:
+def time_case(
+    name: str, batch_size: int, members: int, layout: str, steps: int, driver: str
+) -> dict:
     rung = nets.RUNGS[name]
     model = nets.create(name)
     n = 50_000
@@ -56,7 +63,7 @@ def time_case(name: str, batch_size: int, members: int, steps: int, driver: str)
         train.make_batch_fn(config.expanded),
     )
     if members > 1:
-        step = train.ensemble_step(step)
+        step = train.ensemble_step(step, layout)
     runner = train.EpochRunner(step, driver)
     rng = np.random.default_rng(0)
     data = {
@@ -77,6 +84,7 @@ def time_case(name: str, batch_size: int, members: int, steps: int, driver: str)
         "net": name,
         "batch": batch_size,
         "members": members,
+        "layout": train.resolve_layout(layout) if members > 1 else "-",
         "driver": runner.driver,
         "ms_per_step": 1e3 * per_step,
         "examples_per_s": batch_size * members / per_step,
@@ -87,24 +95,34 @@ def time_case(name: str, batch_size: int, members: int, steps: int, driver: str)
 
 def main(argv):
     del argv
+    for name in FLAGS.nets:
+        if name not in nets.RUNGS:
+            raise app.UsageError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
+    for layout in FLAGS.ensemble_layouts:
+        if layout not in train.LAYOUTS:
+            raise app.UsageError(
+                f"unknown layout '{layout}'; choose from {', '.join(train.LAYOUTS)}"
+            )
     accelerator = jax.default_backend() != "cpu"
     steps = FLAGS.steps or (2000 if accelerator else 200)
     device = jax.devices()[0].device_kind
     print(f"device: {device} ({jax.default_backend()}), {steps} timed steps per case\n")
-    print("| net | batch | nets | driver | ms/step | examples/s | epoch | s/epoch |")
-    print("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    print("| net | batch | nets | layout | driver | ms/step | examples/s | epoch | s/epoch |")
+    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
     for name in FLAGS.nets:
-        if name not in nets.RUNGS:
-            raise app.UsageError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
         for batch in map(int, FLAGS.batch_sizes):
             for members in map(int, FLAGS.ensemble):
-                r = time_case(name, batch, members, steps, FLAGS.driver)
-                print(
-                    f"| {r['net']} | {r['batch']} | {r['members']} | {r['driver']} | "
-                    f"{r['ms_per_step']:.3f} | {r['examples_per_s']:,.0f} | "
-                    f"{r['epoch_examples']:,} | {r['s_per_epoch']:.2f} |",
-                    flush=True,
-                )
+                for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
+                    report(time_case(name, batch, members, layout, steps, FLAGS.driver))
+
+
+def report(r: dict) -> None:
+    print(
+        f"| {r['net']} | {r['batch']} | {r['members']} | {r['layout']} | {r['driver']} | "
+        f"{r['ms_per_step']:.3f} | {r['examples_per_s']:,.0f} | "
+        f"{r['epoch_examples']:,} | {r['s_per_epoch']:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def run_variant(
     workdir = Path(workdir)
     check_settings(workdir, model, config, splits)
     summary, state = train.train_and_evaluate(model, splits, config, workdir, hooks, should_stop)
-    predict = train.make_predict(model, config.ensemble)
+    predict = train.make_predict(model, config.ensemble, config.ensemble_layout)
     labels = train.predict_split(
         predict, state.params, jnp.asarray(splits.test.images), config.eval_batch_size
     )
@@ -91,7 +91,7 @@ def run_settings(model: nn.Module, config: train.TrainConfig, splits: Splits | N
         if f.name not in ("parent", "name")
     }
     how = dataclasses.asdict(config)
-    for name in ("epochs", "driver", "eval_batch_size", "num_devices"):
+    for name in ("epochs", "driver", "ensemble_layout", "eval_batch_size", "num_devices"):
         how.pop(name)
     if splits is not None:
         how.update(train_images=len(splits.train), validation_images=len(splits.validation))

@@ -18,7 +18,8 @@ def cli(*args):
     return run_module("experiments.activations", *args, timeout=120)
 
 
-def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path):
+@pytest.mark.parametrize("layout", ["vmap", "unrolled"])
+def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path, layout):
     """Two seeds as one program give each seed's lone run: curves, test accuracy, weights."""
     splits = mnist_small._replace(
         train=mnist_small.train.take(300),
@@ -26,7 +27,7 @@ def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path):
         test=mnist_small.test.take(1000),
     )
     config = {"epochs": 1, "batch_size": 10, "seed": 3, "seeds": 2, "eval_batch_size": 500,
-              "driver": "auto", "num_devices": 1}  # fmt: skip
+              "driver": "auto", "ensemble_layout": layout, "num_devices": 1}  # fmt: skip
     together = activations.train_variant("relu", config, splits, tmp_path / "together")
     assert together.curves.shape == (2, 1)
     for m, seed in enumerate((3, 4)):

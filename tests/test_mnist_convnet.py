@@ -155,13 +155,20 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
     assert summary["test_accuracy"] >= min(members)
 
 
-def test_vmapped_members_train_as_their_seeds_alone(mnist_small, tmp_path):
+@pytest.mark.parametrize("layout", ["vmap", "unrolled"])
+def test_members_train_as_their_seeds_alone(mnist_small, tmp_path, layout):
     splits = mnist_small._replace(train=mnist_small.train.take(300))
     model = nets.create("conv1", hidden=(30,))
 
     def fit(seed, members, workdir):
         config = train.TrainConfig(
-            epochs=1, batch_size=20, learning_rate=0.1, seed=seed, ensemble=members, num_devices=1
+            epochs=1,
+            batch_size=20,
+            learning_rate=0.1,
+            seed=seed,
+            ensemble=members,
+            ensemble_layout=layout,
+            num_devices=1,
         )
         return train.train_and_evaluate(model, splits, config, tmp_path / workdir).state.params
 
