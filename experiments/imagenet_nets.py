@@ -44,12 +44,12 @@ import numpy as np
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
+from experiments import common
 from lib import imagenet_train as it
 from lib import input_pipeline as ip
 from lib import metrics, parallel
 from lib.checkpoint import Checkpointer
 from lib.data import DataError
-from lib.errors import UserError
 from lib.nets.registry import UnknownModelError
 from lib.train import ConfigError, DivergedError, GracefulStop
 
@@ -96,40 +96,6 @@ IMAGENET_HINT = (
     "<data_dir>/downloads/manual and run: tfds build imagenet2012 --data_dir=<data_dir> "
     "--file_format=array_record (building needs TensorFlow installed; training does not)"
 )
-
-
-# ----------------------------------------------------------------------------- cluster
-
-
-def join_cluster() -> int:
-    """Joins a multi-host JAX cluster when the environment describes one; returns the
-    process count.
-
-    Explicit JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (as
-    launch.local_cluster sets them) win; otherwise an srun step, an mpirun job or a GKE
-    TPU slice (TPU_WORKER_HOSTNAMES) is left to `jax.distributed.initialize` to read.
-    Elsewhere (a Cloud TPU pod on GCE) start the run under launch.join_cluster, which
-    joins first.
-    """
-    env = os.environ
-    if jax.distributed.is_initialized():
-        return jax.process_count()
-    if "JAX_COORDINATOR_ADDRESS" in env:
-        processes = int(env.get("JAX_NUM_PROCESSES", "1"))
-        if processes > 1:
-            jax.distributed.initialize(
-                coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                num_processes=processes,
-                process_id=int(env["JAX_PROCESS_ID"]),
-                cluster_detection_method="deactivate",
-            )
-        return processes
-    in_slurm_step = "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
-    in_mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-    in_tpu_pod = "," in env.get("TPU_WORKER_HOSTNAMES", "")
-    if in_slurm_step or in_mpi or in_tpu_pod:
-        jax.distributed.initialize()
-    return jax.process_count()
 
 
 # ----------------------------------------------------------------------------- config
@@ -549,19 +515,10 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
-    join_cluster()
-    config = {name: FLAGS[name].value for name in FLAG_NAMES}
-    try:
-        summary = run(config)
-    except (UserError, DivergedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    parallel.join_cluster()
+    summary = common.run_from_flags(argv, run, FLAG_NAMES)
     if not summary["finished"]:
-        sys.exit(3)
+        sys.exit(common.STOPPED)
     if jax.process_index() == 0:
         keys = ("final_top1", "final_top5", "images_per_s")
         print(json.dumps({k: summary[k] for k in keys}))

@@ -19,7 +19,7 @@ import os
 import runpy
 import sys
 
-from launch.local_cluster import initialize_from_env
+from lib.parallel import initialize_from_env
 
 
 def join() -> None:

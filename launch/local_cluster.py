@@ -15,7 +15,7 @@ Each process sees these environment variables (the contract with the module):
     XLA_FLAGS                 --xla_force_host_platform_device_count=D (appended)
     JAX_PLATFORMS             cpu (unless --platform says otherwise)
 
-and must call `initialize_from_env()` below (or the same call itself) before
+and must call `lib.parallel.initialize_from_env()` (or the same call itself) before
 touching any device; a module that does not can run under `launch.join_cluster`.
 Process 0's output goes to the terminal; the others' output goes to `--log_dir`
 (a temporary directory by default) and is shown if they fail.
@@ -35,31 +35,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-
-
-def initialize_from_env() -> int:
-    """Joins the cluster described by the JAX_* variables above; returns the process count.
-
-    Does nothing (and returns 1) when JAX_NUM_PROCESSES is unset or 1, so a module
-    can call it unconditionally. The CPU backend needs no extra setting: JAX's
-    default cross-process CPU collectives (gloo over TCP) carry the all-reduce.
-    """
-    num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
-    if num_processes <= 1:
-        return 1
-    import jax
-
-    if jax.distributed.is_initialized():
-        return num_processes
-
-    jax.distributed.initialize(
-        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-        num_processes=num_processes,
-        process_id=int(os.environ["JAX_PROCESS_ID"]),
-        # Explicit values must win over a SLURM or MPI environment this may run inside.
-        cluster_detection_method="deactivate",
-    )
-    return num_processes
 
 
 def free_port() -> int:

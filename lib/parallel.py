@@ -8,6 +8,7 @@ or across hosts joined by `jax.distributed.initialize()`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -16,6 +17,51 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+def initialize_from_env() -> int:
+    """Joins the cluster that JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    describe (as launch.local_cluster sets them); returns the process count.
+
+    Does nothing (and returns 1) when JAX_NUM_PROCESSES is unset or 1, so a module
+    can call it unconditionally. The CPU backend needs no extra setting: JAX's
+    default cross-process CPU collectives (gloo over TCP) carry the all-reduce.
+    """
+    num_processes = int(os.environ.get("JAX_NUM_PROCESSES", "1"))
+    if num_processes <= 1:
+        return 1
+    if jax.distributed.is_initialized():
+        return num_processes
+    jax.distributed.initialize(
+        coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+        num_processes=num_processes,
+        process_id=int(os.environ["JAX_PROCESS_ID"]),
+        # Explicit values must win over a SLURM or MPI environment this may run inside.
+        cluster_detection_method="deactivate",
+    )
+    return num_processes
+
+
+def join_cluster() -> int:
+    """Joins a multi-host JAX cluster when the environment describes one; returns the
+    process count.
+
+    Explicit JAX_* variables (`initialize_from_env`) win; otherwise an srun step, an
+    mpirun job or a GKE TPU slice (TPU_WORKER_HOSTNAMES) is left to
+    `jax.distributed.initialize` to read. Elsewhere (a Cloud TPU pod on GCE) start the
+    run under launch.join_cluster, which joins first.
+    """
+    env = os.environ
+    if jax.distributed.is_initialized():
+        return jax.process_count()
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        return initialize_from_env()
+    in_slurm_step = "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1
+    in_mpi = int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    in_tpu_pod = "," in env.get("TPU_WORKER_HOSTNAMES", "")
+    if in_slurm_step or in_mpi or in_tpu_pod:
+        jax.distributed.initialize()
+    return jax.process_count()
 
 
 def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> Mesh:

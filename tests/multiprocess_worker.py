@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from launch.local_cluster import initialize_from_env
+from lib.parallel import initialize_from_env
 
 STEPS = 4
 GLOBAL_BATCH = 32
