@@ -128,26 +128,13 @@ flags.DEFINE_integer("batch_size", 10, "Mini-batch size; the book's is 10.", **_
 flags.DEFINE_list(
     "thresholds", None, "Validation accuracies (%) whose first epoch the table gives.", **_own
 )
-flags.DEFINE_enum(
-    "driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.", **_own
-)
-flags.DEFINE_enum(
-    "ensemble_layout",
-    "auto",
-    train_lib.LAYOUTS,
-    "How the seeds share the program: vmap, or one unrolled copy each (auto: unrolled "
-    "on CPU, vmap on accelerators).",
-    **_own,
-)
-flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.", **_own)
-flags.DEFINE_integer("num_devices", None, "Devices to shard the batch over.", **_own)
+common.define_program_flags()
 
 FLAG_NAMES = ("preset", "workdir", "variants", "seeds", "seed", "epochs", "train_size",
-              "validation_size", "batch_size", "thresholds", "driver", "ensemble_layout",
-              "eval_batch_size", "num_devices")  # fmt: skip
+              "validation_size", "batch_size", "thresholds",
+              *common.PROGRAM_DEFAULTS)  # fmt: skip
 DEFAULTS = {"preset": "full", "workdir": "runs/activations", "seed": 0, "batch_size": 10,
-            "driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
-            "num_devices": None}  # fmt: skip
+            **common.PROGRAM_DEFAULTS}  # fmt: skip
 
 
 def resolve(config: dict) -> dict:

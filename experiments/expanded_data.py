@@ -133,29 +133,15 @@ flags.DEFINE_float("max_degrees", 15.0, "rotate: up to this many degrees either 
 flags.DEFINE_float("max_skew", 0.3, "skew: shear factor up to this either way.", **_own)
 flags.DEFINE_float("elastic_alpha", 34.0, "elastic: strength (Simard et al.: 34).", **_own)
 flags.DEFINE_float("elastic_sigma", 4.0, "elastic: smoothness in pixels (Simard: 4).", **_own)
-flags.DEFINE_enum(
-    "driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.", **_own
-)
-flags.DEFINE_enum(
-    "ensemble_layout",
-    "auto",
-    train_lib.LAYOUTS,
-    "How the seeds share the program: vmap, or one unrolled copy each (auto: unrolled "
-    "on CPU, vmap on accelerators).",
-    **_own,
-)
-flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.", **_own)
-flags.DEFINE_integer("num_devices", None, "Devices to shard the batch over.", **_own)
+common.define_program_flags()
 
 FLAG_NAMES = ("preset", "workdir", "net", "expansions", "train_sizes", "validation_size",
-              "seeds", "seed",
-              "epochs", "min_steps", "batch_size", "learning_rate", "l2", "max_shift",
-              "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma", "driver",
-              "ensemble_layout", "eval_batch_size", "num_devices")  # fmt: skip
+              "seeds", "seed", "epochs", "min_steps", "batch_size", "learning_rate", "l2",
+              "max_shift", "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
+              *common.PROGRAM_DEFAULTS)  # fmt: skip
 DEFAULTS = {"preset": "full", "workdir": "runs/expanded", "seed": 0, "max_shift": 2,
             "max_degrees": 15.0, "max_skew": 0.3, "elastic_alpha": 34.0, "elastic_sigma": 4.0,
-            "driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
-            "num_devices": None}  # fmt: skip
+            **common.PROGRAM_DEFAULTS}  # fmt: skip
 
 
 def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.AugmentConfig | None]:

@@ -72,26 +72,14 @@ flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum or nester
 flags.DEFINE_enum(
     "init", "book", ("book", "sqrt_n_in"), "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in)."
 )
-flags.DEFINE_enum("driver", "auto", train_lib.DRIVERS, "Epoch driver: lax.scan or host loop.")
-flags.DEFINE_enum(
-    "ensemble_layout",
-    "auto",
-    train_lib.LAYOUTS,
-    "How --ensemble members share the program: vmap, or one unrolled copy each (auto: "
-    "unrolled on CPU, vmap on accelerators).",
-)
-flags.DEFINE_integer("eval_batch_size", 1000, "Batch size for validation and test.")
-flags.DEFINE_integer(
-    "num_devices", None, "Devices to shard the batch over; default: all that divide it."
-)
+common.define_program_flags()
 
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
                "ensemble")  # fmt: skip
 
 FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "schedule", "init",
-               "driver", "ensemble_layout", "eval_batch_size", "num_devices", "max_shift",
-               "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
-               *OVERRIDABLE)  # fmt: skip
+               "max_shift", "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
+               *common.PROGRAM_DEFAULTS, *OVERRIDABLE)  # fmt: skip
 
 
 # Taken when the flags are defined: another experiment imported later into the same
