@@ -46,14 +46,18 @@ def define_program_flags() -> None:
 
 def run_from_flags(argv: list[str], run: Callable[[dict], dict], names: Iterable[str]) -> dict:
     """Call `run` with the named flags' values; a user mistake or a diverged run ends
-    the process with one line on stderr and status 1, not a traceback."""
+    the process with one line on stderr and status 1, not a traceback, and a run that
+    reports it stopped early (`summary["finished"]` False) ends with status STOPPED."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's and JAX's info lines out of the way
     config = {name: FLAGS[name].value for name in names}
     try:
-        return run(config)
+        summary = run(config)
     except (UserError, DivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    if summary.get("finished") is False:  # runs that cannot be stopped do not report it
+        sys.exit(STOPPED)
+    return summary

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -443,9 +442,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
 
 
 def main(argv):
-    summary = common.run_from_flags(argv, run, FLAG_NAMES)
-    if not summary["finished"]:
-        sys.exit(common.STOPPED)
+    common.run_from_flags(argv, run, FLAG_NAMES)
 
 
 if __name__ == "__main__":
