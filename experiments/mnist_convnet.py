@@ -60,6 +60,13 @@ flags.DEFINE_float("max_skew", 0.0, "Random horizontal skews (shear factor) up t
 flags.DEFINE_float("elastic_alpha", 0.0, "Elastic distortion strength (Simard et al. use 34).")
 flags.DEFINE_float("elastic_sigma", 4.0, "Elastic distortion smoothness, in pixels.")
 flags.DEFINE_integer("train_size", None, "Keep only the first N training images (quick runs).")
+flags.DEFINE_enum(
+    "split",
+    "book",
+    data_lib.ORDERS,
+    "Validation images: book, the last 10,000 of MNIST's original 60,000 training images "
+    "(the book's); tfds, the last 10,000 in the order TFDS stores them.",
+)
 flags.DEFINE_enum("optimizer", "sgd", train_lib.OPTIMIZERS, "sgd is the book's plain SGD.")
 flags.DEFINE_enum(
     "schedule",
@@ -76,7 +83,8 @@ common.define_program_flags()
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
                "ensemble")  # fmt: skip
 
-FLAG_NAMES = ("net", "workdir", "seed", "train_size", "optimizer", "momentum", "schedule", "init",
+FLAG_NAMES = ("net", "workdir", "seed", "train_size", "split", "optimizer", "momentum", "schedule",
+               "init",
                "max_shift", "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
                *common.PROGRAM_DEFAULTS, *OVERRIDABLE)  # fmt: skip
 
@@ -153,7 +161,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         num_devices=config["num_devices"],
     )
     train_lib.validate(train_config, config["train_size"] or 50_000)
-    splits = data_lib.mnist(train_size=config["train_size"])
+    splits = data_lib.mnist(train_size=config["train_size"], order=config["split"])
     writer = metrics.MetricsWriter(workdir_path)
     writer.write_json("config.json", config)
 

@@ -1,15 +1,31 @@
-"""Training speed of the MNIST ladder: examples/s and seconds per epoch, per rung and batch size.
+"""Training speed of the MNIST ladder: ms/step, examples/s, GFLOP/s and seconds per epoch.
 
     python -m launch.benchmark                                  # every rung, batch 10 and 100
-    python -m launch.benchmark --nets=dropout --batch_sizes=10,100 --ensemble=1,5 \
-        --ensemble_layouts=vmap,unrolled
+    python -m launch.benchmark --nets=relu,dropout --paths=fast,reference
+    python -m launch.benchmark --nets=dropout --batch_sizes=10 --ensemble=1,2,5 \
+        --ensemble_layouts=devices,unrolled,vmap
 
 Data are random arrays of MNIST's shape living on the device (speed does not
 depend on pixel values). Each case compiles, warms up, then times `--steps`
-training steps with the epoch driver the run would use (lax.scan on
-accelerators, a host loop on CPU; `--driver` forces one). Seconds per epoch
+training steps `--repeats` times and keeps the fastest (other work on the machine
+only ever slows a timing down), with the epoch driver the run would use (lax.scan
+on accelerators, a host loop on CPU; `--driver` forces one). Seconds per epoch
 are for the rung's real epoch: 50,000 images, or 250,000 for the expanded set.
-An ensemble is timed in each of `--ensemble_layouts` (`lib.train.resolve_layout`).
+An ensemble is timed in each of `--ensemble_layouts` (`lib.train.resolve_layout`);
+"vs 1 net" is its time per step over one net's, where that case is in the table.
+
+`--paths` times the CPU formulations of `lib.xla_cpu` side by side, each in a
+process of its own (XLA reads its flags once per process): "fast" (the default)
+and "reference", the formulation the project used before.
+
+GFLOP/s counts each example's training work as 3 x 2 x its forward multiply-adds
+(`lib.nets.mnist.forward_macs`; a forward pass, then the gradients with respect
+to activations and to weights, each about as costly) x examples per second. The
+machine's float32 peak is cores x clock x FLOPs per cycle per core, read off this
+machine: the cores this process may use, the clock /proc/cpuinfo reports, and
+2 FMA units x 2 FLOPs x the vector lanes (16 float32 with AVX-512, 8 with AVX2;
+AMD's Zen 4, CPU family 25, executes 512-bit operations as two 256-bit halves, so
+8). On accelerators, or where these cannot be read, `--peak_gflops` gives it.
 
 Targets on one H100/H200 for the dropout rung on the expanded set: at most
 3.3 s per epoch at batch 10 and 0.65 s at batch 100, and the five-net ensemble
@@ -18,53 +34,77 @@ trained as one program in at most twice one net's time.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from lib import train
+from lib import train, xla_cpu
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS[:-1]), "Rungs to time (the ensemble is --ensemble).")
 flags.DEFINE_list("batch_sizes", ["10", "100"], "Mini-batch sizes.")
-flags.DEFINE_list("ensemble", ["1"], "Ensemble sizes, each trained as one program.")
+flags.DEFINE_list("ensemble", ["1"], "Numbers of nets trained at once.")
 flags.DEFINE_list(
     "ensemble_layouts", ["auto"], f"Ensemble layouts to time, of {', '.join(train.LAYOUTS)}."
 )
 flags.DEFINE_integer("steps", 0, "Steps to time; default 2,000 on accelerators, 200 on CPU.")
+flags.DEFINE_integer("repeats", 3, "Time the steps this many times and keep the fastest.")
 flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
+flags.DEFINE_list(
+    "paths", [], f"CPU formulations to time, of {', '.join(xla_cpu.PATHS)}; default: this one."
+)
+flags.DEFINE_float("peak_gflops", None, "The device's float32 peak; default: read off the CPU.")
+flags.DEFINE_bool("jsonl", False, "Print one JSON line per case instead of the table.")
+
+
+def cpu_peak_gflops() -> tuple[float, str] | None:
+    """(peak GFLOP/s, how it was computed) for this process's CPU cores, or None."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+
+    def field(name: str) -> str:
+        for line in info.splitlines():
+            if line.startswith(name):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    cpu_flags, mhz = field("flags").split(), field("cpu MHz")
+    if not mhz:
+        return None
+    lanes = 16 if "avx512f" in cpu_flags else 8 if "avx2" in cpu_flags else 4
+    if lanes == 16 and field("vendor_id") == "AuthenticAMD" and field("cpu family") == "25":
+        lanes = 8  # Zen 4: 512-bit operations in two 256-bit halves
+    cores = xla_cpu.cores()
+    per_cycle = 2 * 2 * lanes
+    peak = cores * float(mhz) / 1e3 * per_cycle
+    return peak, f"{cores} cores x {float(mhz) / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
 def time_case(
-    name: str, batch_size: int, members: int, layout: str, steps: int, driver: str
+    name: str, batch_size: int, members: int, layout: str, steps: int, driver: str, repeats: int = 1
 ) -> dict:
+    """One case's speed: the fastest of `repeats` timings of `steps` steps."""
     rung = nets.RUNGS[name]
     model = nets.create(name)
     n = 50_000
     epoch_examples = 5 * n if rung.expanded else n
-    config = train.TrainConfig(
-        epochs=1,
-        batch_size=batch_size,
-        learning_rate=rung.learning_rate,
-        l2=rung.l2,
-        expanded=rung.expanded,
-        ensemble=members,
-    )
     optimizer = train.make_optimizer("sgd", rung.learning_rate)
     steps_per_epoch = epoch_examples // batch_size
     step = train.make_train_step(
-        model,
-        optimizer,
-        0.5 * rung.l2 / steps_per_epoch,
-        train.make_batch_fn(config.expanded),
+        model, optimizer, 0.5 * rung.l2 / steps_per_epoch, train.make_batch_fn(rung.expanded)
     )
-    if members > 1:
-        step = train.ensemble_step(step, layout)
-    runner = train.EpochRunner(step, driver)
+    runner = train.make_runner(step, members, layout, driver)
     rng = np.random.default_rng(0)
     data = {
         "images": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)),
@@ -73,28 +113,44 @@ def time_case(
     init_key, shuffle_key, step_key = train.run_keys(0, members)
     state = train.init_state(model, optimizer, init_key, data["images"][:1])
     idx = train.epoch_indices(shuffle_key, 0, epoch_examples, batch_size)[:steps]
-    state, _ = runner(state, data, idx, step_key)  # compile and warm up
-    jax.block_until_ready(state)
-    started = time.perf_counter()
-    state, _ = runner(state, data, idx, step_key)
-    jax.block_until_ready(state)
-    seconds = time.perf_counter() - started
-    per_step = seconds / steps
+    for _ in range(2):  # compile, then warm up (the devices layout's copies compile on the way)
+        state, _ = runner(state, data, idx, step_key)
+        jax.block_until_ready(state)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        state, _ = runner(state, data, idx, step_key)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - started)
+    per_step = min(times) / steps
+    examples_per_s = batch_size * members / per_step
     return {
+        "path": xla_cpu.path() if jax.default_backend() == "cpu" else "-",
         "net": name,
         "batch": batch_size,
         "members": members,
         "layout": train.resolve_layout(layout) if members > 1 else "-",
         "driver": runner.driver,
         "ms_per_step": 1e3 * per_step,
-        "examples_per_s": batch_size * members / per_step,
+        "examples_per_s": examples_per_s,
+        "gflops": examples_per_s * 6 * nets.forward_macs(model) / 1e9,
         "epoch_examples": epoch_examples,
         "s_per_epoch": per_step * steps_per_epoch,
     }
 
 
-def main(argv):
-    del argv
+def positive_ints(name: str) -> list[int]:
+    try:
+        values = [int(v) for v in FLAGS[name].value]
+    except ValueError:
+        got = ",".join(FLAGS[name].value)
+        raise app.UsageError(f"--{name} takes whole numbers, got {got}") from None
+    if not values or min(values) < 1:
+        raise app.UsageError(f"--{name} takes whole numbers of at least 1")
+    return values
+
+
+def check_flags() -> None:
     for name in FLAGS.nets:
         if name not in nets.RUNGS:
             raise app.UsageError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
@@ -103,26 +159,100 @@ def main(argv):
             raise app.UsageError(
                 f"unknown layout '{layout}'; choose from {', '.join(train.LAYOUTS)}"
             )
+    for path in FLAGS.paths:
+        if path not in xla_cpu.PATHS:
+            raise app.UsageError(f"unknown path '{path}'; choose from {', '.join(xla_cpu.PATHS)}")
+    if FLAGS.steps < 0:
+        raise app.UsageError(f"--steps must be at least 1 (0: the default), got {FLAGS.steps}")
+    if FLAGS.repeats < 1:
+        raise app.UsageError(f"--repeats must be at least 1, got {FLAGS.repeats}")
+    if FLAGS.peak_gflops is not None and FLAGS.peak_gflops <= 0:
+        raise app.UsageError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
+    positive_ints("batch_sizes")
+    positive_ints("ensemble")
+
+
+def cases_here(steps: int) -> Iterator[dict]:
+    for name in FLAGS.nets:
+        for batch in positive_ints("batch_sizes"):
+            for members in positive_ints("ensemble"):
+                for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
+                    yield time_case(
+                        name, batch, members, layout, steps, FLAGS.driver, FLAGS.repeats
+                    )
+
+
+def cases_in_process(path: str) -> list[dict]:
+    """The same cases timed by a process of its own running CPU path `path`."""
+    argv = [a for a in sys.argv[1:] if not a.startswith(("--paths", "--jsonl"))]
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.benchmark", *argv, f"--paths={path}", "--jsonl"],
+        env={**os.environ, xla_cpu.ENV: path},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise app.UsageError(f"the {path} path's benchmark failed: {last}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    check_flags()
     accelerator = jax.default_backend() != "cpu"
     steps = FLAGS.steps or (2000 if accelerator else 200)
+    paths = FLAGS.paths or [xla_cpu.path()]
+    if FLAGS.jsonl:
+        for row in cases_here(steps):
+            print(json.dumps(row), flush=True)
+        return
+    print_header(steps)
+    if paths == [xla_cpu.path()]:
+        rows = cases_here(steps)
+    else:
+        rows = (row for path in paths for row in cases_in_process(path))
+    print_table(rows)
+
+
+def print_header(steps: int) -> None:
     device = jax.devices()[0].device_kind
-    print(f"device: {device} ({jax.default_backend()}), {steps} timed steps per case\n")
-    print("| net | batch | nets | layout | driver | ms/step | examples/s | epoch | s/epoch |")
-    print("| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
-    for name in FLAGS.nets:
-        for batch in map(int, FLAGS.batch_sizes):
-            for members in map(int, FLAGS.ensemble):
-                for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
-                    report(time_case(name, batch, members, layout, steps, FLAGS.driver))
-
-
-def report(r: dict) -> None:
+    peak = peak_gflops()
+    how = f"peak {peak[0]:,.0f} GFLOP/s float32 ({peak[1]})" if peak else "peak unknown"
     print(
-        f"| {r['net']} | {r['batch']} | {r['members']} | {r['layout']} | {r['driver']} | "
-        f"{r['ms_per_step']:.3f} | {r['examples_per_s']:,.0f} | "
-        f"{r['epoch_examples']:,} | {r['s_per_epoch']:.2f} |",
-        flush=True,
+        f"device: {device} ({jax.default_backend()}), the fastest of {FLAGS.repeats} timings "
+        f"of {steps} steps per case; {how}\n"
     )
+
+
+def peak_gflops() -> tuple[float, str] | None:
+    if FLAGS.peak_gflops:
+        return FLAGS.peak_gflops, "--peak_gflops"
+    return cpu_peak_gflops() if jax.default_backend() == "cpu" else None
+
+
+def print_table(rows: Iterable[dict]) -> None:
+    """The table, a row as each case is timed; "vs 1 net" needs that case's row before."""
+    peak = peak_gflops()
+    one: dict[tuple, float] = {}
+    print(
+        "| path | net | batch | nets | layout | driver | ms/step | vs 1 net | examples/s "
+        "| GFLOP/s | % of peak | epoch | s/epoch |"
+    )
+    print("| --- | --- |" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 7)
+    for r in rows:
+        if r["members"] == 1:
+            one[(r["path"], r["net"], r["batch"])] = r["ms_per_step"]
+        single = one.get((r["path"], r["net"], r["batch"]))
+        ratio = f"{r['ms_per_step'] / single:.2f}x" if single and r["members"] > 1 else "-"
+        share = f"{100 * r['gflops'] / peak[0]:.1f}" if peak else "-"
+        print(
+            f"| {r['path']} | {r['net']} | {r['batch']} | {r['members']} | {r['layout']} "
+            f"| {r['driver']} | {r['ms_per_step']:.3f} | {ratio} | {r['examples_per_s']:,.0f} "
+            f"| {r['gflops']:.1f} | {share} | {r['epoch_examples']:,} | {r['s_per_epoch']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,18 @@
 Each (rung, seed) trains in WORKDIR/<rung>/seed=<seed> through
 `experiments.mnist_convnet`; a finished one (summary.json present) is not run
 again, an unfinished one resumes. Any of that module's flags given here
-(--epochs, --batch_size, --train_size, ...) applies to every rung. The table
-goes to WORKDIR/ladder.md and stdout.
+(--epochs, --batch_size, --train_size, ...) applies to every rung. Validation is
+the book's: the last 10,000 of MNIST's original training images (`--split=tfds`
+for the last 10,000 in TFDS's stored order). With `--results=DIR`, each finished
+run's small files (summary.json, config.json, metrics.jsonl, test_predictions.npy)
+are copied to DIR/<rung>/seed=<seed> as soon as it ends, to be kept with the code;
+checkpoints stay in WORKDIR. The table goes to WORKDIR/ladder.md and stdout.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +32,19 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS), "Rungs to run, in order.")
 flags.DEFINE_list("seeds", ["0"], "Seeds per rung; the table shows mean and spread.")
 flags.DEFINE_bool("table_only", False, "Only read finished runs and write the table.")
+flags.DEFINE_string("results", None, "Copy each finished run's small files under this folder.")
+
+RESULT_FILES = ("summary.json", "config.json", "metrics.jsonl", "test_predictions.npy")
+
+
+def keep_results(workdir: Path, results: Path) -> None:
+    """Copy a finished run's small files (no checkpoints) to `results`, summary.json last,
+    so a folder with a summary holds a whole run."""
+    results.mkdir(parents=True, exist_ok=True)
+    for name in RESULT_FILES:
+        if (workdir / name).exists():
+            shutil.copyfile(workdir / name, results / f".{name}.tmp")
+            (results / f".{name}.tmp").replace(results / name)
 
 
 def table(rows: list[dict]) -> str:
@@ -86,13 +104,18 @@ def main(argv):
         for name in FLAGS.nets:
             for seed in seeds:
                 workdir = root / name / f"seed={seed}"
+                kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
                 if (workdir / "summary.json").exists():
+                    if kept is not None and not (kept / "summary.json").exists():
+                        keep_results(workdir, kept)
                     continue
                 print(f"== {name}, seed {seed} -> {workdir}", flush=True)
                 config = {**given, "net": name, "seed": seed}
                 summary = mnist_convnet.run(config, str(workdir))
                 if not summary["finished"]:
                     sys.exit(f"stopped; run the same command again to resume from {workdir}")
+                if kept is not None:
+                    keep_results(workdir, kept)
     text = table(collect(root, FLAGS.nets, seeds))
     root.mkdir(parents=True, exist_ok=True)
     (root / "ladder.md").write_text(text + "\n")

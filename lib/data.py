@@ -228,18 +228,32 @@ def mnist_from_download(
     return images[order][..., None], labels[order].astype(np.int32)
 
 
+ORDERS = ("book", "tfds")
+
+
 def mnist(
     validation_size: int = 10_000,
     train_size: int | None = None,
     data_dir: str | None = None,
+    order: str = "tfds",
 ) -> Splits:
     """MNIST with the validation images held out of the end of the training split.
 
+    `order="book"` puts both splits back in the original files' order (`tfds_order`),
+    so the validation images are the last 10,000 of the original 60,000, the book's
+    (`mnist.pkl.gz` of `network3.py`); "tfds" keeps the order TFDS stores them in.
     `train_size` keeps only the first images of the training part, for quick runs;
     the validation and test sets are unchanged by it.
     """
+    if order not in ORDERS:
+        raise DataError(f"unknown order '{order}'; choose from {', '.join(ORDERS)}")
     train_x, train_y = load_tfds_arrays("mnist", "train", data_dir)
     test_x, test_y = load_tfds_arrays("mnist", "test", data_dir)
+    if order == "book":
+        back = np.argsort(tfds_order(len(train_y), "train"))
+        train_x, train_y = train_x[back], train_y[back]
+        back = np.argsort(tfds_order(len(test_y), "test"))
+        test_x, test_y = test_x[back], test_y[back]
     if not 0 < validation_size < len(train_y):
         raise DataError(f"validation_size must be in (0, {len(train_y)}), got {validation_size}")
     n_train = len(train_y) - validation_size

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from lib.errors import UserError
 
@@ -104,6 +105,15 @@ class MetricsWriter:
     def write_json(self, name: str, data: Mapping) -> None:
         if self.enabled:
             write_json(self.workdir / name, data)
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        """`workdir/name` (.npy), written atomically."""
+        if self.enabled:
+            path = self.workdir / name
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            os.replace(tmp, path)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -65,13 +65,17 @@ def join_cluster() -> int:
 
 
 def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> Mesh:
-    """A 1-D mesh over `num_devices` devices (all of them by default).
+    """A 1-D mesh over `num_devices` devices (by default all of them, but one CPU).
 
     With `batch_size` given and `num_devices` not, the mesh takes the largest number
     of devices that divides the batch, so the book's batch of 10 still runs on a
-    machine with eight accelerators (on two of them).
+    machine with eight accelerators (on two of them). A single process's CPU devices
+    are its cores (`lib.xla_cpu`): XLA runs a batch split over them slower than on
+    one, so by default they serve whole nets instead (`train.resolve_layout`).
     """
     devices = jax.devices()
+    if num_devices is None and jax.default_backend() == "cpu" and jax.process_count() == 1:
+        num_devices = 1
     if num_devices is None:
         num_devices = len(devices)
         if batch_size is not None:

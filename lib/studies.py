@@ -88,7 +88,7 @@ def run_settings(model: nn.Module, config: train.TrainConfig, splits: Splits | N
     net = {
         f.name: getattr(model, f.name)
         for f in dataclasses.fields(model)
-        if f.name not in ("parent", "name")
+        if f.name not in ("parent", "name", "pool")  # pool: how, not what, it computes
     }
     how = dataclasses.asdict(config)
     for name in ("epochs", "driver", "ensemble_layout", "eval_batch_size", "num_devices"):

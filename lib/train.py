@@ -75,7 +75,7 @@ class TrainConfig:
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "cosine")
 DRIVERS = ("auto", "scan", "loop")
-LAYOUTS = ("auto", "vmap", "unrolled")
+LAYOUTS = ("auto", "vmap", "unrolled", "devices")
 
 
 def make_optimizer(
@@ -116,15 +116,26 @@ def resolve_driver(driver: str) -> str:
     return driver
 
 
-def resolve_layout(layout: str) -> str:
-    """How an ensemble's members share a program: "vmap" batches them into every op
-    (convolutions become grouped ones); "unrolled" traces one copy of the step per member.
-    On XLA's CPU backend the unrolled program runs about twice as fast (the README's
-    benchmark table), so "auto" picks it there and vmap elsewhere."""
+def resolve_layout(layout: str, data_parallel: bool = False) -> str:
+    """How an ensemble's members share the machine. "vmap" batches them into every op of
+    one program (convolutions become grouped ones); "unrolled" traces one copy of the
+    step per member into one program; "devices" gives each member a program of its own
+    on device m % n, dispatched side by side, so on a CPU with one JAX device per core
+    (`lib.xla_cpu`) two nets train in about the time of one. "auto": devices on a CPU
+    with several devices, unrolled on one, vmap on accelerators. A batch sharded over
+    the devices (`data_parallel`) leaves none to spare: auto then picks unrolled on CPU.
+    """
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown ensemble layout '{layout}'; choose from {', '.join(LAYOUTS)}")
+    if layout == "devices" and data_parallel:
+        raise ConfigError(
+            "the devices ensemble layout needs the batch on one device; set --num_devices=1 "
+            "or choose another --ensemble_layout"
+        )
     if layout == "auto":
-        return "unrolled" if jax.default_backend() == "cpu" else "vmap"
+        if jax.default_backend() != "cpu":
+            return "vmap"
+        return "devices" if len(jax.local_devices()) > 1 and not data_parallel else "unrolled"
     return layout
 
 
@@ -244,6 +255,8 @@ def over_members(fn: Callable, in_axes: tuple, layout: str) -> Callable:
     layout = resolve_layout(layout)
     if layout == "vmap":
         return jax.vmap(fn, in_axes=in_axes)
+    if layout == "devices":
+        raise ValueError("the devices layout runs a program per member: see MemberDevices")
 
     def unrolled(*args):
         mapped = [a for a, axis in zip(args, in_axes, strict=True) if axis == 0]
@@ -325,12 +338,48 @@ _epoch_indices_jit = jax.jit(epoch_indices, static_argnums=(2, 3))
 # ----------------------------------------------------------------------------- epoch drivers
 
 
-class EpochRunner:
-    """Runs a slice of an epoch's steps, by `lax.scan` or by a host loop over a jitted step."""
+class MemberDevices:
+    """An ensemble's members spread over the local devices, member m on device m % n.
 
-    def __init__(self, step_fn: Callable, driver: str, check_every: int = 100):
+    A stacked tree (leading member axis, on the first device) splits into one tree per
+    member on its device, and the members' trees stack back; `replicate` puts one copy
+    of a shared tree on each device, reused while the same object is passed again.
+    """
+
+    def __init__(self, members: int):
+        local = jax.local_devices()
+        self.devices = [local[m % len(local)] for m in range(members)]
+        self._shared: tuple[Any, list] | None = None
+
+    def split(self, tree: Any) -> list:
+        return [
+            jax.device_put(jax.tree.map(lambda x, m=m: x[m], tree), device)
+            for m, device in enumerate(self.devices)
+        ]
+
+    def stack(self, trees: list) -> Any:
+        home = self.devices[0]
+        return jax.tree.map(lambda *xs: jnp.stack([jax.device_put(x, home) for x in xs]), *trees)
+
+    def replicate(self, tree: Any) -> list:
+        if self._shared is None or self._shared[0] is not tree:
+            copies = {d: jax.device_put(tree, d) for d in dict.fromkeys(self.devices)}
+            self._shared = (tree, [copies[d] for d in self.devices])
+        return self._shared[1]
+
+
+class EpochRunner:
+    """Runs a slice of an epoch's steps, by `lax.scan` or by a host loop over a jitted step.
+
+    With `members`, `step_fn` is one member's step and each member runs it on its own
+    device (`MemberDevices`); state, indices and key carry the leading member axis as
+    they do for a step made by `ensemble_step`, and so does what comes back.
+    """
+
+    def __init__(self, step_fn: Callable, driver: str, check_every: int = 100, members: int = 0):
         self.driver = resolve_driver(driver)
         self.check_every = check_every
+        self.members = MemberDevices(members) if members else None
         if self.driver == "scan":
 
             def run_scan(state, data, idx, key):
@@ -354,6 +403,8 @@ class EpochRunner:
         progress: Callable[[int], None] | None = None,
     ) -> tuple[TrainState, dict[str, np.ndarray]]:
         """Returns the new state and each step's metrics (fewer steps if stopped early)."""
+        if self.members is not None:
+            return self._run_members(state, data, idx, key, should_stop, progress)
         if self.driver == "scan":
             state, metrics = self._scan(state, data, idx, key)
             return state, jax.device_get(metrics)
@@ -371,6 +422,40 @@ class EpochRunner:
         metrics = jax.device_get(collected)
         return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
 
+    def _run_members(self, state, data, idx, key, should_stop, progress):
+        """One program per member on its device: each call is dispatched without waiting,
+        so the devices (cores) work side by side."""
+        devices = self.members
+        states = devices.split(state)
+        datas = devices.replicate(data)
+        idxs = devices.split(jnp.swapaxes(idx, 0, 1))
+        keys = devices.split(key)
+        members = range(len(states))
+        if self.driver == "scan":
+            outs = [self._scan(states[m], datas[m], idxs[m], keys[m]) for m in members]
+            states = [s for s, _ in outs]
+            metrics = jax.device_get([m for _, m in outs])
+            stacked = {k: np.stack([m[k] for m in metrics], axis=1) for k in metrics[0]}
+            return devices.stack(states), stacked
+        collected = []
+        for i in range(idx.shape[0]):
+            step = []
+            for m in members:
+                states[m], metrics = self._step(states[m], datas[m], idxs[m], i, keys[m])
+                step.append(metrics)
+            collected.append(step)
+            if (i + 1) % self.check_every == 0:
+                if not all(np.all(np.isfinite(np.asarray(m["loss"]))) for m in step):
+                    break
+                if progress is not None:
+                    progress(i + 1)
+                if should_stop is not None and should_stop():
+                    break
+        collected = jax.device_get(collected)
+        names = collected[0][0]
+        metrics = {k: np.stack([[m[k] for m in step] for step in collected]) for k in names}
+        return devices.stack(states), metrics
+
 
 # ----------------------------------------------------------------------------- evaluation
 
@@ -381,9 +466,27 @@ def make_predict(model: nn.Module, members: int = 1, layout: str = "auto") -> Ca
     def predict(params, x):
         return jnp.argmax(model.apply({"params": params}, x, train=False), -1)
 
+    if members > 1 and resolve_layout(layout) == "devices":
+        return _MemberPredict(jax.jit(predict), members)
     if members > 1:
         predict = over_members(predict, (0, None), layout)
     return jax.jit(predict)
+
+
+class _MemberPredict:
+    """Each member's labels computed on its own device (the "devices" layout)."""
+
+    def __init__(self, predict: Callable, members: int):
+        self.predict = predict
+        self.devices = MemberDevices(members)
+        self._params: tuple[Any, list] | None = None
+
+    def __call__(self, params, x):
+        if self._params is None or self._params[0] is not params:  # split once per params
+            self._params = (params, self.devices.split(params))
+        xs = self.devices.replicate(x)
+        labels = [self.predict(p, xm) for p, xm in zip(self._params[1], xs, strict=True)]
+        return np.stack(jax.device_get(labels))
 
 
 def majority_vote(predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -484,9 +587,16 @@ def compiled_programs(
     step_fn = make_train_step(
         model, optimizer, l2_scale, make_batch_fn(expanded, augment), sharding
     )
+    return make_runner(step_fn, members, layout, driver), make_predict(model, members, layout)
+
+
+def make_runner(step_fn: Callable, members: int, layout: str, driver: str) -> EpochRunner:
+    """The epoch runner of one net's `step_fn`, or of `members` nets in `layout`."""
+    if members > 1 and resolve_layout(layout) == "devices":
+        return EpochRunner(step_fn, driver, members=members)
     if members > 1:
         step_fn = ensemble_step(step_fn, layout)
-    return EpochRunner(step_fn, driver), make_predict(model, members, layout)
+    return EpochRunner(step_fn, driver)
 
 
 class RunResult(NamedTuple):
@@ -519,9 +629,10 @@ def train_and_evaluate(
     """Train, evaluate every epoch, keep test accuracy at the best validation epoch.
 
     Resumes from `workdir/checkpoints` when there is one. Writes metrics.jsonl and
-    TensorBoard events as it goes and returns the summary with the final state;
-    `summary["finished"]` is False when `should_stop` ended
-    the run early. Raises DivergedError on a non-finite loss, before saving.
+    TensorBoard events as it goes, and test_predictions.npy (the test labels predicted
+    at the best epoch so far; (members, N) for an ensemble), and returns the summary
+    with the final state; `summary["finished"]` is False when `should_stop` ended the
+    run early. Raises DivergedError on a non-finite loss, before saving.
     """
     from lib.checkpoint import Checkpointer
     from lib.metrics import MetricsWriter
@@ -535,6 +646,7 @@ def train_and_evaluate(
     steps_per_epoch = n_virtual // config.batch_size
     mesh = parallel.make_mesh(config.num_devices, config.batch_size)
     sharding = parallel.batch_sharding(mesh, 0) if mesh.size > 1 else None
+    layout = resolve_layout(config.ensemble_layout, data_parallel=mesh.size > 1)
 
     total_steps = config.epochs * steps_per_epoch
     optimizer = make_optimizer(
@@ -549,7 +661,7 @@ def train_and_evaluate(
         config.augment,
         sharding,
         members,
-        resolve_layout(config.ensemble_layout),
+        layout,
         config.driver,
     )
 
@@ -573,13 +685,16 @@ def train_and_evaluate(
             "steps_per_epoch": steps_per_epoch,
             "devices": mesh.size,
             "driver": runner.driver,
-            "layout": resolve_layout(config.ensemble_layout) if members > 1 else None,
+            "layout": layout if members > 1 else None,
             "params": count_params(state.params) // members,
         }
     )
 
-    def evaluate(x, split: Split, params) -> dict:
-        return accuracies(predict_split(predict, params, x, config.eval_batch_size), split.labels)
+    def evaluate(x, split: Split, params, keep: str | None = None) -> dict:
+        labels = predict_split(predict, params, x, config.eval_batch_size)
+        if keep:  # the labels themselves, for votes over separately trained runs
+            writer.write_array(keep, labels.astype(np.uint8))
+        return accuracies(labels, split.labels)
 
     finished = True
     try:
@@ -638,7 +753,7 @@ def train_and_evaluate(
             if "member_accuracy" in val:
                 entry["val_member_accuracy"] = val["member_accuracy"]
             if best is None or val["accuracy"] > best["val_accuracy"]:
-                test = evaluate(test_x, splits.test, state.params)
+                test = evaluate(test_x, splits.test, state.params, keep="test_predictions.npy")
                 best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
                 best["test_accuracy"] = test["accuracy"]
                 if "member_accuracy" in test:

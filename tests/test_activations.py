@@ -18,7 +18,7 @@ def cli(*args):
     return run_module("experiments.activations", *args, timeout=120)
 
 
-@pytest.mark.parametrize("layout", ["vmap", "unrolled"])
+@pytest.mark.parametrize("layout", ["vmap", "unrolled", "devices"])
 def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path, layout):
     """Two seeds as one program give each seed's lone run: curves, test accuracy, weights."""
     splits = mnist_small._replace(

@@ -1,5 +1,7 @@
-"""The MNIST speed benchmark: its table, every ensemble layout, and a clear line for bad input."""
+"""The MNIST speed benchmark: its table, every ensemble layout and CPU path, and a clear
+line for bad input."""
 
+import pytest
 from commands import run_module
 
 
@@ -8,27 +10,41 @@ def table_rows(stdout: str) -> list[list[str]]:
     return [[cell.strip() for cell in row] for row in rows[2:]]  # without the header lines
 
 
-def test_benchmark_prints_a_row_per_case_and_layout():
+def test_benchmark_prints_a_row_per_case_layout_and_path():
     done = run_module(
         "launch.benchmark",
         "--nets=shallow",
         "--batch_sizes=10",
         "--ensemble=1,2",
-        "--ensemble_layouts=vmap,unrolled",
+        "--ensemble_layouts=vmap,devices",
+        "--paths=fast,reference",
         "--steps=5",
+        "--repeats=1",
     )
     assert done.returncode == 0, done.stderr
+    assert "peak" in done.stdout and "GFLOP/s" in done.stdout
     rows = table_rows(done.stdout)
-    assert [(r[0], r[2], r[3]) for r in rows] == [
-        ("shallow", "1", "-"),
-        ("shallow", "2", "vmap"),
-        ("shallow", "2", "unrolled"),
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        (path, "shallow", members, layout)
+        for path in ("fast", "reference")
+        for members, layout in (("1", "-"), ("2", "vmap"), ("2", "devices"))
     ]
     for row in rows:
-        assert float(row[5]) > 0 and float(row[8]) > 0  # ms/step, s/epoch
+        assert float(row[6]) > 0 and float(row[12]) > 0  # ms/step, s/epoch
+        assert float(row[9]) > 0 and float(row[10]) > 0  # GFLOP/s, % of peak
+        assert row[7] == "-" if row[3] == "1" else row[7].endswith("x")  # vs 1 net
 
 
-def test_benchmark_refuses_an_unknown_layout():
-    done = run_module("launch.benchmark", "--nets=shallow", "--ensemble_layouts=pmap")
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--ensemble_layouts=pmap", "unknown layout 'pmap'"),
+        ("--steps=-1", "--steps must be at least 1"),
+        ("--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
+        ("--paths=fastest", "unknown path 'fastest'"),
+    ],
+)
+def test_benchmark_refuses_bad_input_in_one_line(flag, message):
+    done = run_module("launch.benchmark", "--nets=shallow", flag)
     assert done.returncode != 0
-    assert "unknown layout 'pmap'" in done.stderr and "Traceback" not in done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

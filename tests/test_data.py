@@ -35,6 +35,24 @@ def test_tfds_order_recovers_the_original_mnist_order(tmp_path):
         assert sorted(order.tolist()) == list(range(len(stored)))
 
 
+def test_the_books_order_holds_out_the_last_10000_original_images():
+    try:
+        book = data.mnist(order="book")
+        stored = data.mnist()
+    except data.DataError as missing:
+        pytest.skip(str(missing))
+    assert book.train.labels[:12].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5]
+    assert book.test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    held_out = data.tfds_order(60_000, "train")[50_000:]  # original indices TFDS holds out
+    assert not set(held_out.tolist()) >= set(range(50_000, 60_000))  # the splits differ
+    positions = np.argsort(data.tfds_order(60_000, "train"))[50_000:]  # book's, stored
+    _, stored_y = data.load_tfds_arrays("mnist", "train")
+    assert book.validation.labels.tolist() == stored_y[positions].tolist()
+    assert sorted(book.test.labels.tolist()) == sorted(stored.test.labels.tolist())
+    with pytest.raises(data.DataError, match="choose from book, tfds"):
+        data.mnist(order="lecun")
+
+
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):
         pass

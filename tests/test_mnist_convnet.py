@@ -155,7 +155,7 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
     assert summary["test_accuracy"] >= min(members)
 
 
-@pytest.mark.parametrize("layout", ["vmap", "unrolled"])
+@pytest.mark.parametrize("layout", ["vmap", "unrolled", "devices"])
 def test_members_train_as_their_seeds_alone(mnist_small, tmp_path, layout):
     splits = mnist_small._replace(train=mnist_small.train.take(300))
     model = nets.create("conv1", hidden=(30,))

@@ -26,13 +26,18 @@ class BookNet(nn.Module):
     dropout: float = 0.0
     weight_init: str = "book"
     num_classes: int = 10
+    pool: str = "auto"  # lib.layers.resolve_pool: the computation, not the result
     dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for features in self.conv_features:
             x = ConvPool(
-                features, activation=self.activation, weight_init=self.weight_init, dtype=self.dtype
+                features,
+                activation=self.activation,
+                weight_init=self.weight_init,
+                pool=self.pool,
+                dtype=self.dtype,
             )(x)
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
@@ -104,3 +109,22 @@ def create(name: str, **overrides) -> BookNet:
     )
     fields.update(overrides)
     return BookNet(**fields)
+
+
+def forward_macs(model: BookNet, image_shape: tuple[int, int, int] = (28, 28, 1)) -> int:
+    """Multiply-adds of one image's forward pass: every valid convolution at every output
+    position (pooling and activations are not counted) and every fully connected layer.
+
+    The relu rung: 24*24*25*20 + 8*8*500*40 + 640*100 + 100*10 = 1,633,000.
+    """
+    h, w, c = image_shape
+    macs = 0
+    for features in model.conv_features:
+        h, w = h - 4, w - 4  # ConvPool's 5x5 valid convolution
+        macs += h * w * 25 * c * features
+        h, w, c = h // 2, w // 2, features  # its 2x2 max-pool
+    width = h * w * c
+    for out in (*model.hidden, model.num_classes):
+        macs += width * out
+        width = out
+    return macs

@@ -1,0 +1,100 @@
+"""The CPU paths of lib.xla_cpu: the flags they set, and that the fast path trains the
+book's nets to the same parameters as the reference formulation."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from commands import ROOT
+from cpu_path_worker import train_params
+
+from lib import layers, xla_cpu
+
+
+def test_configure_adds_the_fast_flags_and_keeps_the_users():
+    env = {"XLA_FLAGS": "--xla_foo=1"}
+    xla_cpu.configure(env)
+    flags = env["XLA_FLAGS"].split()
+    assert flags[0] == "--xla_foo=1" and xla_cpu.YNN_OFF in flags
+    assert f"{xla_cpu.DEVICE_COUNT}={xla_cpu.cores()}" in flags
+    mine = {"XLA_FLAGS": f"{xla_cpu.DEVICE_COUNT}=8"}
+    xla_cpu.configure(mine)
+    assert mine["XLA_FLAGS"].split() == [f"{xla_cpu.DEVICE_COUNT}=8", xla_cpu.YNN_OFF]
+    reference = {xla_cpu.ENV: "reference"}
+    xla_cpu.configure(reference)
+    assert reference["XLA_FLAGS"] == ""
+    with pytest.raises(ValueError, match="choose from fast, reference"):
+        xla_cpu.configure({xla_cpu.ENV: "fastest"})
+
+
+@pytest.mark.parametrize("shape", [(3, 24, 24, 5), (2, 9, 7, 3)])
+def test_mask_pool_matches_window_pool_and_its_gradient(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)
+    # Ties, as over MNIST's blank background: whole windows of equal values.
+    x = x.at[:, :4, :4, :].set(0.5).at[0, 4:6, 4:6, 0].set(-1.0)
+    g = jax.random.normal(jax.random.PRNGKey(1), layers.max_pool(x, 2, "window").shape)
+
+    def grad(impl):
+        return jax.grad(lambda x: jnp.sum(layers.max_pool(x, 2, impl) * g))(x)
+
+    np.testing.assert_array_equal(layers.max_pool(x, 2, "mask"), layers.max_pool(x, 2, "window"))
+    np.testing.assert_array_equal(grad("mask"), grad("window"))
+
+
+@pytest.mark.parametrize("rung", ["relu", "dropout"])
+def test_mask_pooling_trains_exactly_as_window_pooling(rung):
+    """The project's own change of formulation, in one process: bit for bit, 300 steps."""
+    mask = train_params(rung, 300, pool="mask")
+    window = train_params(rung, 300, pool="window")
+    for name, value in window.items():
+        np.testing.assert_array_equal(mask[name], value, err_msg=name)
+
+
+def test_fast_path_trains_as_the_reference_path(tmp_path):
+    """300 steps of the sigmoid conv2 rung, the ReLU rung and the dropout rung (expanded
+    set, dropout masks): this process runs the fast path, a second process the reference
+    path (XLA's default CPU kernels and window max-pooling).
+
+    The two paths' convolution kernels sum in different orders, so parameters first
+    differ in the last bit (about 3e-8 after 10 steps). The sigmoid net keeps it there.
+    The ReLU nets are piecewise linear: once a last-bit difference moves a value across
+    a kink (a ReLU's zero, the larger of two nearly equal values in a max-pool window)
+    the gradient takes another route and the difference jumps (measured for relu: 1e-7
+    at step 40, 8e-6 at 60, 3e-3 at 100). So for them the test asks for float32
+    agreement through step 40, and at step 300 the two paths no further apart than the
+    fast path is from itself with every initial weight moved by one unit in the last
+    place (times 3, for the spread of such distances): what float32 rounding alone does.
+    """
+    assert xla_cpu.path() == "fast" and layers.resolve_pool("auto") == "mask"
+    cases = {"conv2": 300, "relu": 40, "dropout": 40}
+    out = tmp_path / "reference"
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f]
+    env = {**os.environ, xla_cpu.ENV: "reference", "XLA_FLAGS": " ".join(flags)}
+    worker = str(ROOT / "tests" / "cpu_path_worker.py")
+    for steps, rungs in ((300, "conv2,relu,dropout"), (40, "relu,dropout")):
+        done = subprocess.run(
+            [sys.executable, worker, f"{out}{steps}.npz", rungs, str(steps)],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    for rung, steps in cases.items():
+        reference = np.load(f"{out}{steps}.npz")
+        for name, value in train_params(rung, steps).items():
+            np.testing.assert_allclose(
+                value, reference[rung + name], rtol=2e-4, atol=2e-5, err_msg=rung + name
+            )
+    reference = np.load(f"{out}300.npz")
+    for rung in ("relu", "dropout"):
+        fast = train_params(rung, 300)
+        names = [n for n in fast if not n.startswith("init/")]
+        moved = np.sqrt(sum(np.sum((fast[n] - fast["init/" + n]) ** 2) for n in names))
+        apart = np.sqrt(sum(np.sum((fast[n] - reference[rung + n]) ** 2) for n in names))
+        nudged = train_params(rung, 300, nudge=True)
+        rounding = np.sqrt(sum(np.sum((fast[n] - nudged[n]) ** 2) for n in names))
+        assert moved > 1.0, f"{rung} hardly trained"
+        assert 0 < rounding < moved
+        assert apart < 3 * rounding, f"{rung}: paths {apart:.3g} apart, rounding {rounding:.3g}"
