@@ -30,7 +30,8 @@ def define_program_flags() -> None:
         default["ensemble_layout"],
         LAYOUTS,
         "How the members of an ensemble (or the seeds of a study) share the program: "
-        "vmap, or one unrolled copy each (auto: unrolled on CPU, vmap on accelerators).",
+        "vmap, one unrolled copy each, or each member on its own CPU device (auto: devices "
+        "on a multi-core CPU, unrolled on one core, vmap on accelerators).",
         **own,
     )
     flags.DEFINE_integer(

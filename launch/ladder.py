@@ -3,6 +3,8 @@
     python -m launch.ladder --workdir=runs/ladder                       # all rungs (GPU)
     python -m launch.ladder --nets=shallow,conv1,conv2,relu --epochs=3 --workdir=runs/ladder-cpu
     python -m launch.ladder --nets=relu --seeds=0,1,2 --workdir=runs/ladder
+    python -m launch.ladder --table_only --workdir=results/ladder --figure=docs/ladder.png \
+        --readme=README.md
 
 Each (rung, seed) trains in WORKDIR/<rung>/seed=<seed> through
 `experiments.mnist_convnet`; a finished one (summary.json present) is not run
@@ -13,6 +15,14 @@ for the last 10,000 in TFDS's stored order). With `--results=DIR`, each finished
 run's small files (summary.json, config.json, metrics.jsonl, test_predictions.npy)
 are copied to DIR/<rung>/seed=<seed> as soon as it ends, to be kept with the code;
 checkpoints stay in WORKDIR. The table goes to WORKDIR/ladder.md and stdout.
+
+The table reads only the finished runs under WORKDIR (every seed it finds, so
+`--table_only --workdir=DIR` tables what `--results=DIR` kept): per rung the mean
+test accuracy ± its standard deviation over seeds, with min and max. The book's
+ensemble was five dropout nets trained separately, then a vote: the `ensemble`
+row trains nothing of its own; it is the majority vote of the finished `dropout`
+runs' kept test predictions (ties to the smallest label), beside those members'
+mean accuracy. Rungs with no finished run show "not run yet".
 """
 
 from __future__ import annotations
@@ -26,6 +36,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import mnist_convnet
+from lib import data, plots
+from lib.errors import UserError
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
@@ -33,8 +45,15 @@ flags.DEFINE_list("nets", list(nets.NETS), "Rungs to run, in order.")
 flags.DEFINE_list("seeds", ["0"], "Seeds per rung; the table shows mean and spread.")
 flags.DEFINE_bool("table_only", False, "Only read finished runs and write the table.")
 flags.DEFINE_string("results", None, "Copy each finished run's small files under this folder.")
+flags.DEFINE_string("figure", None, "Also draw the table as a PNG here (e.g. docs/ladder.png).")
+flags.DEFINE_string(
+    "readme", None, "Also put the table in this Markdown file, between its ladder-table markers."
+)
+
+MARKERS = ("<!-- ladder table -->\n", "\n<!-- /ladder table -->")
 
 RESULT_FILES = ("summary.json", "config.json", "metrics.jsonl", "test_predictions.npy")
+VOTERS = "dropout"  # the ensemble row is the vote of this rung's finished seeds
 
 
 def keep_results(workdir: Path, results: Path) -> None:
@@ -47,6 +66,92 @@ def keep_results(workdir: Path, results: Path) -> None:
             (results / f".{name}.tmp").replace(results / name)
 
 
+def finished(root: Path, name: str) -> list[tuple[int, Path]]:
+    """(seed, folder) of every finished run of rung `name` under root, by seed."""
+    runs = []
+    for folder in (root / name).glob("seed=*"):
+        seed = folder.name.removeprefix("seed=")
+        if seed.isdigit() and (folder / "summary.json").exists():
+            runs.append((int(seed), folder))
+    return sorted(runs)
+
+
+def majority_vote(predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
+    """The label most members predict, per example; a tie goes to the smallest label.
+
+    predictions: (members, N) integer labels.
+    """
+    predictions = np.asarray(predictions)
+    counts = np.zeros((num_classes, predictions.shape[1]), np.int32)
+    for member in predictions:
+        counts[member, np.arange(predictions.shape[1])] += 1
+    return counts.argmax(axis=0)
+
+
+def test_labels(split: str) -> np.ndarray:
+    """MNIST's test labels in the order a run with this `--split` scored them."""
+    return data.mnist(order=split).test.labels
+
+
+def rung_row(name: str, runs: list[tuple[int, Path]]) -> dict:
+    summaries = [json.loads((folder / "summary.json").read_text()) for _, folder in runs]
+    return {
+        "net": name,
+        "book": nets.RUNGS[name].book_accuracy,
+        "seeds": [seed for seed, _ in runs],
+        "test": [s["test_accuracy"] for s in summaries],
+        "epochs": sorted({s["epochs"] for s in summaries}),
+        "wall": [s["wall_time_s"] for s in summaries],
+        "device": sorted({s["device"] for s in summaries}),
+    }
+
+
+def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
+    """The vote of the finished dropout runs that kept their test predictions, as the book
+    did (five nets trained separately), with the members' own accuracies beside it."""
+    voters = [(seed, f) for seed, f in runs if (f / "test_predictions.npy").exists()]
+    row = rung_row(VOTERS, voters)
+    row["net"], row["book"] = "ensemble", nets.RUNGS["ensemble"].book_accuracy
+    row["members"], row["wall"] = row.pop("test"), []
+    if voters:
+        splits = {
+            json.loads((f / "config.json").read_text()).get("split", "tfds") for _, f in voters
+        }
+        if len(splits) > 1:
+            raise UserError(
+                f"the {VOTERS} runs under {voters[0][1].parent} used different splits "
+                f"({', '.join(sorted(splits))}); their votes cannot be combined"
+            )
+        predictions = np.stack([np.load(f / "test_predictions.npy") for _, f in voters])
+        truth = labels(splits.pop())
+        row["test"] = [float((majority_vote(predictions) == truth).mean())]
+    else:
+        row["test"] = []
+    return row
+
+
+def collect(root: Path, names: list[str]) -> list[dict]:
+    """A row per rung in `names` from the finished runs under root (every seed found)."""
+    rows = []
+    for name in names:
+        if name == "ensemble":
+            rows.append(ensemble_row(finished(root, VOTERS)))
+        else:
+            rows.append(rung_row(name, finished(root, name)))
+    return rows
+
+
+def put_table(markdown: Path, text: str) -> None:
+    """Replace what lies between the MARKERS in `markdown` with `text`."""
+    page = markdown.read_text()
+    start, end = page.find(MARKERS[0]), page.find(MARKERS[1])
+    if start < 0 or end < start:
+        raise UserError(
+            f"{markdown} has no '{MARKERS[0].strip()}' ... '{MARKERS[1].strip()}' markers"
+        )
+    markdown.write_text(page[: start + len(MARKERS[0])] + text + page[end:])
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| rung | book | ours: test accuracy | seeds | epochs | wall time / run | device |",
@@ -54,36 +159,23 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         acc = 100 * np.asarray(r["test"])
-        ours = f"{acc.mean():.2f}%"
-        if len(acc) > 1:
-            ours += f" ± {acc.std(ddof=1):.2f} (min {acc.min():.2f}, max {acc.max():.2f})"
+        if not len(acc):
+            ours = "not run yet"
+        elif "members" in r:
+            members = 100 * np.asarray(r["members"])
+            ours = f"{acc[0]:.2f}% (vote; members' mean {members.mean():.2f}%)"
+        else:
+            ours = f"{acc.mean():.2f}%"
+            if len(acc) > 1:
+                ours += f" ± {acc.std(ddof=1):.2f} (min {acc.min():.2f}, max {acc.max():.2f})"
+        seeds = ",".join(map(str, r["seeds"])) or "-"
+        epochs = "/".join(map(str, r["epochs"])) or "-"
+        wall = f"{np.mean(r['wall']) / 60:.1f} min" if r["wall"] else "-"
+        device = ", ".join(r["device"]) or "-"
         lines.append(
-            f"| {r['net']} | {r['book']:.2f}% | {ours} | {len(acc)} | {r['epochs']} | "
-            f"{np.mean(r['wall']) / 60:.1f} min | {r['device']} |"
+            f"| {r['net']} | {r['book']:.2f}% | {ours} | {seeds} | {epochs} | {wall} | {device} |"
         )
     return "\n".join(lines)
-
-
-def collect(root: Path, names: list[str], seeds: list[int]) -> list[dict]:
-    rows = []
-    for name in names:
-        summaries = []
-        for seed in seeds:
-            path = root / name / f"seed={seed}" / "summary.json"
-            if path.exists():
-                summaries.append(json.loads(path.read_text()))
-        if summaries:
-            rows.append(
-                {
-                    "net": name,
-                    "book": nets.RUNGS[name].book_accuracy,
-                    "test": [s["test_accuracy"] for s in summaries],
-                    "epochs": summaries[0]["epochs"],
-                    "wall": [s["wall_time_s"] for s in summaries],
-                    "device": summaries[0]["device"],
-                }
-            )
-    return rows
 
 
 def main(argv):
@@ -96,12 +188,18 @@ def main(argv):
         for name in mnist_convnet.FLAG_NAMES
         if FLAGS[name].present and name not in ("net", "seed", "workdir")
     }
-    seeds = [int(s) for s in FLAGS.seeds]
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+    except ValueError:
+        sys.exit(f"error: --seeds must be integers, got {','.join(FLAGS.seeds)}")
     unknown = [n for n in FLAGS.nets if n not in nets.RUNGS]
     if unknown:
         sys.exit(f"error: unknown rung(s) {unknown}; choose from {', '.join(nets.NETS)}")
     if not FLAGS.table_only:
-        for name in FLAGS.nets:
+        trained = [n for n in FLAGS.nets if n != "ensemble"]
+        if "ensemble" in FLAGS.nets and VOTERS not in trained:
+            trained.append(VOTERS)  # the ensemble is the vote of these runs
+        for name in trained:
             for seed in seeds:
                 workdir = root / name / f"seed={seed}"
                 kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
@@ -116,9 +214,17 @@ def main(argv):
                     sys.exit(f"stopped; run the same command again to resume from {workdir}")
                 if kept is not None:
                     keep_results(workdir, kept)
-    text = table(collect(root, FLAGS.nets, seeds))
+    try:
+        rows = collect(root, FLAGS.nets)
+        text = table(rows)
+        if FLAGS.readme:
+            put_table(Path(FLAGS.readme), text)
+    except UserError as e:
+        sys.exit(f"error: {e}")
     root.mkdir(parents=True, exist_ok=True)
     (root / "ladder.md").write_text(text + "\n")
+    if FLAGS.figure:
+        plots.ladder(rows, FLAGS.figure)
     print(text)
 
 

@@ -70,3 +70,31 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
+    """The chapter-6 table as a figure: per rung the book's accuracy, each seed's, and
+    their mean (rows as `launch.ladder.collect` makes them: net, book, test in [0, 1])."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    names = [r["net"] for r in rows]
+    for i, r in enumerate(rows):
+        ax.plot([i - 0.3, i + 0.3], [r["book"]] * 2, color="grey", lw=2, label="book")
+        ours = 100 * np.asarray(r["test"])
+        if len(ours):
+            jitter = np.linspace(-0.12, 0.12, len(ours)) if len(ours) > 1 else np.zeros(1)
+            ax.plot(
+                i + jitter, ours, "o", ms=4, color="tab:blue", alpha=0.6, label="ours: each seed"
+            )
+            ax.plot(
+                [i - 0.2, i + 0.2], [ours.mean()] * 2, color="tab:red", lw=2, label="ours: mean"
+            )
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title or "Nielsen's chapter-6 ladder: the book and our runs")
+    ax.grid(alpha=0.3, axis="y")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one entry per label
+    ax.legend(unique.values(), unique.keys(), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

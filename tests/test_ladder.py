@@ -1,0 +1,102 @@
+"""The ladder's table from kept result files: mean and spread over seeds, the ensemble as
+the vote of separately trained dropout runs, and the README's table matching the files."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from commands import ROOT, run_module
+
+from launch import ladder
+from lib import data
+from lib.nets import mnist as nets
+
+
+def fake_run(folder: Path, accuracy: float, predictions=None, split="book", wall=60.0):
+    folder.mkdir(parents=True)
+    summary = {"test_accuracy": accuracy, "epochs": 40, "wall_time_s": wall, "device": "cpu x1"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.json").write_text(json.dumps({"split": split}))
+    if predictions is not None:
+        np.save(folder / "test_predictions.npy", predictions.astype(np.uint8))
+
+
+def test_majority_vote_takes_the_most_common_label_and_breaks_ties_low():
+    votes = np.array([[1, 2, 3, 4], [1, 5, 3, 2], [0, 5, 7, 2], [0, 9, 7, 4]])
+    np.testing.assert_array_equal(ladder.majority_vote(votes), [0, 5, 3, 2])
+
+
+def test_the_table_reports_mean_spread_and_rungs_not_run(tmp_path):
+    for seed, acc in enumerate([0.9780, 0.9790, 0.9800]):
+        fake_run(tmp_path / "shallow" / f"seed={seed}", acc, wall=120.0)
+    (tmp_path / "conv1" / "seed=0").mkdir(parents=True)  # unfinished: no summary
+    text = ladder.table(ladder.collect(tmp_path, ["shallow", "conv1"]))
+    lines = text.splitlines()
+    assert lines[2] == (
+        "| shallow | 97.80% | 97.90% ± 0.10 (min 97.80, max 98.00) | 0,1,2 | 40 | 2.0 min "
+        "| cpu x1 |"
+    )
+    assert lines[3] == "| conv1 | 98.78% | not run yet | - | - | - | - |"
+
+
+def test_the_ensemble_is_the_vote_of_the_dropout_runs(tmp_path):
+    truth = np.arange(100) % 10
+    for seed in range(5):  # each member wrong on its own 10 examples: the vote is never wrong
+        guess = truth.copy()
+        wrong = np.arange(10 * seed, 10 * seed + 10)
+        guess[wrong] = (truth[wrong] + 1) % 10
+        fake_run(tmp_path / "dropout" / f"seed={seed}", float((guess == truth).mean()), guess)
+    row = ladder.ensemble_row(ladder.finished(tmp_path, "dropout"), labels=lambda split: truth)
+    assert row["test"] == [1.0] and row["seeds"] == [0, 1, 2, 3, 4]
+    assert np.mean(row["members"]) == pytest.approx(0.9)
+    assert "| ensemble | 99.67% | 100.00% (vote; members' mean 90.00%) | 0,1,2,3,4 |" in (
+        ladder.table([row])
+    )
+
+
+def test_runs_on_different_splits_are_not_voted_together(tmp_path):
+    guess = np.zeros(100)
+    fake_run(tmp_path / "dropout" / "seed=0", 0.1, guess, split="book")
+    fake_run(tmp_path / "dropout" / "seed=1", 0.1, guess, split="tfds")
+    done = run_module("launch.ladder", "--table_only", f"--workdir={tmp_path}")
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: the dropout runs")
+
+
+def test_table_only_votes_with_the_real_test_labels_and_draws_the_figure(tmp_path):
+    truth = data.mnist(order="book").test.labels
+    wrong = truth.copy()
+    wrong[:100] = (truth[:100] + 1) % 10
+    fake_run(tmp_path / "dropout" / "seed=0", 0.99, wrong)
+    fake_run(tmp_path / "dropout" / "seed=1", 1.0, truth)
+    figure = tmp_path / "ladder.png"
+    done = run_module(
+        "launch.ladder", "--table_only", f"--workdir={tmp_path}", f"--figure={figure}"
+    )
+    assert done.returncode == 0, done.stderr
+    # two members: the tie on the first 100 goes to the smaller label, right or wrong
+    right = (np.minimum(wrong[:100], truth[:100]) == truth[:100]).sum()
+    vote = 100 * (9900 + right) / 10_000
+    assert f"| ensemble | 99.67% | {vote:.2f}% (vote; members' mean 99.50%) | 0,1 |" in done.stdout
+    assert figure.stat().st_size > 10_000
+    assert (tmp_path / "ladder.md").read_text().strip() == done.stdout.strip()
+
+
+def test_the_readme_table_is_the_kept_results_table():
+    readme = (ROOT / "README.md").read_text()
+    expected = ladder.table(ladder.collect(ROOT / "results" / "ladder", list(nets.NETS)))
+    assert ladder.MARKERS[0] + expected + ladder.MARKERS[1] in readme, (
+        "regenerate: python -m launch.ladder --table_only --workdir=results/ladder "
+        "--figure=docs/ladder.png --readme=README.md"
+    )
+
+
+def test_the_readme_gets_the_table_between_its_markers_or_a_clear_error(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{ladder.MARKERS[0]}old\n{ladder.MARKERS[1]}\nend\n")
+    ladder.put_table(page, "| new |")
+    assert page.read_text() == f"intro\n{ladder.MARKERS[0]}| new |{ladder.MARKERS[1]}\nend\n"
+    page.write_text("no markers\n")
+    with pytest.raises(ladder.UserError, match="markers"):
+        ladder.put_table(page, "| new |")
