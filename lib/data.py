@@ -85,10 +85,46 @@ def _downloaded_source(name: str, split: str, data_dir: str | None):
         ) from None
 
 
-def _decode_all(source) -> tuple[np.ndarray, np.ndarray]:
-    examples = source.__getitems__(list(range(len(source))))
-    images = np.stack([e["image"] for e in examples]).astype(np.uint8)
-    return images, np.asarray([e["label"] for e in examples], dtype=np.int32)
+def _decode_all(source, name: str, split: str, data_dir: str | None):
+    """Every example of a TFDS data source as arrays; a damaged file is named as such."""
+    try:
+        examples = source.__getitems__(list(range(len(source))))
+        images = np.stack([e["image"] for e in examples]).astype(np.uint8)
+        labels = np.asarray([e["label"] for e in examples], dtype=np.int32)
+    except Exception as failed:  # array_record and the image decoder raise many types
+        where = Path(_tfds_dir(data_dir)).expanduser() / name
+        raise DataError(
+            f"the '{split}' split of {name} in {where} cannot be read "
+            f"({type(failed).__name__}: {_first_line(failed)}): its files are damaged; "
+            f"prepare the dataset again (remove {where} and copy a prepared one there, "
+            "or run once with a network)"
+        ) from None
+    return images, labels
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else "no message"
+
+
+def _read_cache(cache: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The arrays cached in `cache`, or None if it is missing or damaged (then removed,
+    to be rebuilt). A zip member's CRC-32 is checked as it is read, so changed bytes are
+    caught as well as a truncated file."""
+    if not cache.exists():
+        return None
+    try:
+        with np.load(cache) as f:
+            images, labels = f["images"], f["labels"]
+        if images.ndim == 4 and labels.ndim == 1 and len(images) == len(labels):
+            return images, labels
+    except Exception:  # zipfile, numpy's format reader and the OS raise many types
+        pass
+    try:
+        cache.unlink()
+    except OSError:
+        pass
+    return None
 
 
 def load_tfds_arrays(
@@ -96,23 +132,27 @@ def load_tfds_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """All of a TFDS image-classification split as (uint8 images NHWC, int32 labels).
 
-    Decoding tens of thousands of PNGs takes seconds, so the arrays are cached as .npz.
+    Decoding tens of thousands of PNGs takes seconds, so the arrays are cached as .npz;
+    a damaged cache is rebuilt, and a damaged dataset file raises a DataError that
+    names the dataset's folder and how to prepare it again.
     MNIST that is not prepared for TFDS is downloaded from the files TFDS's own builder
     uses and put into TFDS's stored order (see `mnist_from_download`), so both sources
     give the same arrays and no TensorFlow is needed.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     cache = cache_dir / f"{name}-{split}.npz"
-    if cache.exists():
-        with np.load(cache) as f:
-            return f["images"], f["labels"]
+    cached = _read_cache(cache)
+    if cached is not None:
+        return cached
     source = _prepared_source(name, split, data_dir)
     if source is not None:
-        images, labels = _decode_all(source)
+        images, labels = _decode_all(source, name, split, data_dir)
     elif name == "mnist":
         images, labels = mnist_from_download(split, data_dir)
     else:
-        images, labels = _decode_all(_downloaded_source(name, split, data_dir))
+        images, labels = _decode_all(
+            _downloaded_source(name, split, data_dir), name, split, data_dir
+        )
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")

@@ -1,0 +1,190 @@
+"""The nets' blind spots: adversarial examples and fooling images, over any classifier.
+
+Every attack takes `apply(params, x) -> logits` (images in [0, 1], NHWC or any shape
+with the batch first) and returns images of x's shape, kept in [0, 1]; each is jitted
+with `apply` static, so pass the same function object from call to call.
+
+- `fgsm`: the fast gradient sign method, x + eps sign(grad_x loss) (Goodfellow, Shlens
+  and Szegedy 2014, "Explaining and harnessing adversarial examples").
+- `pgd`: projected gradient descent from a random start in the L-inf ball (Madry et
+  al. 2017, "Towards deep learning models resistant to adversarial attacks").
+- `minimum_distortion`: Szegedy et al. 2013 ("Intriguing properties of neural
+  networks"): the smallest L2 perturbation r with f(x + r) = target, by L-BFGS on
+  c |r| + loss(x + r, target) with x + r = (tanh(w) + 1) / 2 kept in the box, and a
+  search over c; `rms_distortion` is their Table 1's measure.
+- `fooling_images`: images a net classifies with near certainty that look like noise
+  to a person (Nguyen, Yosinski and Clune 2014), by gradient ascent on one class's
+  log-probability from a given start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Apply = Callable[[Any, jax.Array], jax.Array]
+
+
+def _loss(apply: Apply, params, x: jax.Array, y: jax.Array) -> jax.Array:
+    """Summed cross-entropy, so each example's input gradient is its own loss's."""
+    return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).sum()
+
+
+@partial(jax.jit, static_argnames="apply")
+def fgsm(apply: Apply, params, x: jax.Array, y: jax.Array, eps: float) -> jax.Array:
+    """x moved by eps along the sign of its loss gradient (labels y), clipped to [0, 1]."""
+    grad = jax.grad(partial(_loss, apply, params))(x, y)
+    return jnp.clip(x + eps * jnp.sign(grad), 0.0, 1.0)
+
+
+@partial(jax.jit, static_argnames=("apply", "steps"))
+def pgd(
+    apply: Apply,
+    params,
+    x: jax.Array,
+    y: jax.Array,
+    eps: float,
+    steps: int,
+    step_size: float,
+    key: jax.Array,
+) -> jax.Array:
+    """`steps` signed-gradient ascent steps of `step_size` on the loss, each projected
+    back into the L-inf ball of radius eps around x and into [0, 1], from a uniform
+    random start in the ball."""
+    start = x + jax.random.uniform(key, x.shape, x.dtype, -eps, eps)
+
+    def project(z):
+        return jnp.clip(jnp.clip(z, x - eps, x + eps), 0.0, 1.0)
+
+    def step(_, z):
+        grad = jax.grad(partial(_loss, apply, params))(z, y)
+        return project(z + step_size * jnp.sign(grad))
+
+    return jax.lax.fori_loop(0, steps, step, project(start))
+
+
+def predictions(apply: Apply, params, x: jax.Array, batch_size: int = 1000) -> jax.Array:
+    """The predicted labels of x, in batches."""
+    predict = jax.jit(lambda p, z: jnp.argmax(apply(p, z), axis=-1))
+    return jnp.concatenate(
+        [predict(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
+
+
+def rms_distortion(x: jax.Array, x_adv: jax.Array) -> jax.Array:
+    """Per image, sqrt(mean over pixels of (x_adv - x)^2): Szegedy et al.'s measure."""
+    axes = tuple(range(1, x.ndim))
+    return jnp.sqrt(jnp.mean((x_adv - x) ** 2, axis=axes))
+
+
+@partial(jax.jit, static_argnames=("apply", "iterations"))
+def _distort(apply: Apply, params, x, target, c, iterations: int):
+    """For each image (and its own weight c), L-BFGS on c |r| + loss(x + r, target)
+    over w, where x + r = (tanh w + 1) / 2."""
+    inside = jnp.clip(x, 1e-4, 1 - 1e-4)  # tanh's preimage of the box's faces is infinite
+
+    def one(image, label, weight):
+        def objective(w):
+            moved = (jnp.tanh(w) + 1) / 2
+            norm = jnp.sqrt(jnp.sum((moved - image) ** 2) + 1e-12)
+            logits = apply(params, moved[None])[0]
+            return weight * norm + optax.softmax_cross_entropy_with_integer_labels(logits, label)
+
+        solver = optax.lbfgs()
+        value_and_grad = optax.value_and_grad_from_state(objective)
+
+        def step(_, carry):
+            w, state = carry
+            value, grad = value_and_grad(w, state=state)
+            updates, state = solver.update(
+                grad, state, w, value=value, grad=grad, value_fn=objective
+            )
+            return optax.apply_updates(w, updates), state
+
+        w0 = jnp.arctanh(2 * jnp.clip(image, 1e-4, 1 - 1e-4) - 1)
+        w, _ = jax.lax.fori_loop(0, iterations, step, (w0, solver.init(w0)))
+        return (jnp.tanh(w) + 1) / 2
+
+    return jax.vmap(one)(inside, target, c)
+
+
+def minimum_distortion(
+    apply: Apply,
+    params,
+    x: jax.Array,
+    target: jax.Array,
+    c_values: Sequence[float] = (10.0, 3.0, 1.0, 0.3, 0.1, 0.03, 0.01),
+    iterations: int = 50,
+    refine: int = 6,
+) -> tuple[jax.Array, jax.Array]:
+    """The least-distorted x + r classified as `target`, and whether one was found, per
+    image: a full L-BFGS solve for each penalty weight of `c_values`, then `refine`
+    rounds of bisection (in log c, per image) between the largest c that succeeded and
+    the smallest that failed, since a larger c weighs the distortion more.
+
+    Where no c succeeds the image is returned unchanged with found False.
+    """
+    batch = (-1,) + (1,) * (x.ndim - 1)
+    best, best_norm = x, jnp.full(len(x), jnp.inf)
+    c_hit = jnp.zeros(len(x))  # the largest c that succeeded (0: none yet)
+    c_miss = jnp.full(len(x), jnp.inf)  # the smallest c above it that failed
+
+    def attempt(c):
+        nonlocal best, best_norm, c_hit, c_miss
+        moved = _distort(apply, params, x, target, c, iterations)
+        hit = predictions(apply, params, moved) == target
+        norm = rms_distortion(x, moved)
+        better = hit & (norm < best_norm)
+        best = jnp.where(better.reshape(batch), moved, best)
+        best_norm = jnp.where(better, norm, best_norm)
+        c_hit = jnp.where(hit & (c > c_hit), c, c_hit)
+        c_miss = jnp.where(~hit & (c > c_hit) & (c < c_miss), c, c_miss)
+
+    for c in sorted(c_values):
+        attempt(jnp.full(len(x), c, jnp.float32))
+    for _ in range(refine):
+        found = c_hit > 0
+        above = jnp.where(jnp.isfinite(c_miss), c_miss, 10 * jnp.maximum(c_hit, 1e-3))
+        middle = jnp.sqrt(jnp.maximum(c_hit, 1e-12) * above)
+        attempt(jnp.where(found, middle, jnp.min(jnp.asarray(c_values)) / 10))
+    return best, jnp.isfinite(best_norm)
+
+
+@partial(jax.jit, static_argnames=("apply", "max_steps"))
+def fooling_images(
+    apply: Apply,
+    params,
+    start: jax.Array,
+    label: jax.Array,
+    confidence: float = 0.9999,
+    step_size: float = 0.01,
+    max_steps: int = 2000,
+) -> tuple[jax.Array, jax.Array]:
+    """From `start` (noise, or a blank image), signed-gradient ascent on log p(label | x)
+    in [0, 1] until the net gives each image's label at least `confidence` (each image
+    stops moving once it does) or `max_steps` pass; returns the images and their
+    probabilities of `label`."""
+
+    def probability(z):
+        return jnp.take_along_axis(jax.nn.softmax(apply(params, z)), label[:, None], 1)[:, 0]
+
+    def log_p(z):
+        return -_loss(apply, params, z, label)
+
+    def not_done(carry):
+        z, step = carry
+        return (step < max_steps) & jnp.any(probability(z) < confidence)
+
+    def ascend(carry):
+        z, step = carry
+        moving = (probability(z) < confidence).reshape((-1,) + (1,) * (z.ndim - 1))
+        grad = jax.grad(log_p)(z)
+        return jnp.where(moving, jnp.clip(z + step_size * jnp.sign(grad), 0, 1), z), step + 1
+
+    images, _ = jax.lax.while_loop(not_done, ascend, (start, jnp.int32(0)))
+    return images, probability(images)

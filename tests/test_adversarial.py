@@ -1,0 +1,104 @@
+"""Attacks on a classifier: budgets kept, losses raised, Szegedy's minimum distortion
+against the closed form of a linear model, and fooling images reaching their confidence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lib import adversarial
+
+
+def linear(params, x):
+    return x.reshape(len(x), -1) @ params["w"] + params["b"]
+
+
+@pytest.fixture(scope="module")
+def softmax_regression(mnist_small):
+    """A shallow softmax classifier on 2,000 MNIST images (about 88% on the test set)."""
+    x, y = jnp.asarray(mnist_small.train.images), jnp.asarray(mnist_small.train.labels)
+    params = {"w": jnp.zeros((784, 10)), "b": jnp.zeros(10)}
+    opt = optax.adam(0.01)
+
+    @jax.jit
+    def step(params, state):
+        loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(linear(p, x), y).mean()
+        updates, state = opt.update(jax.grad(loss)(params), state)
+        return optax.apply_updates(params, updates), state
+
+    state = opt.init(params)
+    for _ in range(200):
+        params, state = step(params, state)
+    test = mnist_small.test.take(1000)
+    return params, jnp.asarray(test.images), jnp.asarray(test.labels)
+
+
+def error(params, x, y):
+    return float(jnp.mean(adversarial.predictions(linear, params, x) != y))
+
+
+def mean_loss(params, x, y):
+    return float(optax.softmax_cross_entropy_with_integer_labels(linear(params, x), y).mean())
+
+
+def test_fgsm_keeps_its_budget_and_fools_a_shallow_softmax(softmax_regression):
+    params, x, y = softmax_regression
+    assert error(params, x, y) < 0.15
+    x_adv = adversarial.fgsm(linear, params, x, y, 0.25)
+    assert x_adv.shape == x.shape and float(jnp.abs(x_adv - x).max()) <= 0.25 + 1e-6
+    assert 0.0 <= float(x_adv.min()) and float(x_adv.max()) <= 1.0
+    assert error(params, x_adv, y) > 0.9  # Goodfellow et al.: 99.9% for a shallow softmax
+    small = adversarial.fgsm(linear, params, x, y, 0.05)
+    assert mean_loss(params, x, y) < mean_loss(params, small, y) < mean_loss(params, x_adv, y)
+
+
+def test_pgd_stays_in_the_ball_and_beats_fgsm(softmax_regression):
+    params, x, y = softmax_regression
+    eps = 0.05
+    x_pgd = adversarial.pgd(linear, params, x, y, eps, 20, eps / 4, jax.random.key(0))
+    assert float(jnp.abs(x_pgd - x).max()) <= eps + 1e-6
+    assert 0.0 <= float(x_pgd.min()) and float(x_pgd.max()) <= 1.0
+    x_fgsm = adversarial.fgsm(linear, params, x, y, eps)
+    assert mean_loss(params, x_pgd, y) >= mean_loss(params, x_fgsm, y) - 1e-3
+    assert error(params, x_pgd, y) > error(params, x, y)
+
+
+def test_minimum_distortion_matches_a_linear_models_closed_form():
+    # Two classes, logits (0, w.x + b): at x = 0.5 the net says class 0 with margin 1, and
+    # the smallest L2 step to class 1 is 1 / |w|, along w (inside the box here).
+    w = jax.random.normal(jax.random.key(1), (16,))
+    w = 4.0 * w / jnp.linalg.norm(w)
+    x = jnp.full((3, 4, 4, 1), 0.5)
+    b = -1.0 - 0.5 * w.sum()
+    params = {"w": jnp.stack([jnp.zeros(16), w], 1), "b": jnp.array([0.0, b])}
+    target = jnp.ones(3, jnp.int32)
+    x_adv, found = adversarial.minimum_distortion(linear, params, x, target)
+    assert bool(found.all())
+    assert bool((adversarial.predictions(linear, params, x_adv) == 1).all())
+    distance = jnp.sqrt(jnp.sum((x_adv - x) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_array_less(0.25 - 1e-3, distance)  # never below the closed form 1/|w|
+    np.testing.assert_array_less(distance, 0.25 * 1.1)
+    rms = adversarial.rms_distortion(x, x_adv)
+    np.testing.assert_allclose(rms, distance / 4, rtol=1e-5)
+
+
+def test_minimum_distortion_reports_targets_it_cannot_reach():
+    params = {"w": jnp.zeros((16, 2)), "b": jnp.array([5.0, 0.0])}  # always class 0
+    x = jnp.full((2, 4, 4, 1), 0.5)
+    x_adv, found = adversarial.minimum_distortion(
+        linear, params, x, jnp.ones(2, jnp.int32), c_values=(1.0,), iterations=5
+    )
+    assert not bool(found.any())
+    np.testing.assert_array_equal(x_adv, x)
+
+
+@pytest.mark.parametrize("start", ["blank", "noise"])
+def test_fooling_images_reach_near_certainty_for_every_class(softmax_regression, start):
+    params, _, _ = softmax_regression
+    shape = (10, 28, 28, 1)
+    begin = jnp.zeros(shape) if start == "blank" else jax.random.uniform(jax.random.key(2), shape)
+    images, confidence = adversarial.fooling_images(linear, params, begin, jnp.arange(10))
+    assert images.shape == shape and 0.0 <= float(images.min()) <= float(images.max()) <= 1.0
+    assert bool((confidence >= 0.9999).all()), confidence
+    assert bool((adversarial.predictions(linear, params, images) == jnp.arange(10)).all())
