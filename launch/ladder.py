@@ -36,7 +36,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import mnist_convnet
-from lib import data, plots
+from lib import data, plots, train
 from lib.errors import UserError
 from lib.nets import mnist as nets
 
@@ -76,18 +76,6 @@ def finished(root: Path, name: str) -> list[tuple[int, Path]]:
     return sorted(runs)
 
 
-def majority_vote(predictions: np.ndarray, num_classes: int = 10) -> np.ndarray:
-    """The label most members predict, per example; a tie goes to the smallest label.
-
-    predictions: (members, N) integer labels.
-    """
-    predictions = np.asarray(predictions)
-    counts = np.zeros((num_classes, predictions.shape[1]), np.int32)
-    for member in predictions:
-        counts[member, np.arange(predictions.shape[1])] += 1
-    return counts.argmax(axis=0)
-
-
 def test_labels(split: str) -> np.ndarray:
     """MNIST's test labels in the order a run with this `--split` scored them."""
     return data.mnist(order=split).test.labels
@@ -124,7 +112,7 @@ def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
             )
         predictions = np.stack([np.load(f / "test_predictions.npy") for _, f in voters])
         truth = labels(splits.pop())
-        row["test"] = [float((majority_vote(predictions) == truth).mean())]
+        row["test"] = [float((train.majority_vote(predictions, 10) == truth).mean())]
     else:
         row["test"] = []
     return row

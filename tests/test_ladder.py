@@ -22,11 +22,6 @@ def fake_run(folder: Path, accuracy: float, predictions=None, split="book", wall
         np.save(folder / "test_predictions.npy", predictions.astype(np.uint8))
 
 
-def test_majority_vote_takes_the_most_common_label_and_breaks_ties_low():
-    votes = np.array([[1, 2, 3, 4], [1, 5, 3, 2], [0, 5, 7, 2], [0, 9, 7, 4]])
-    np.testing.assert_array_equal(ladder.majority_vote(votes), [0, 5, 3, 2])
-
-
 def test_the_table_reports_mean_spread_and_rungs_not_run(tmp_path):
     for seed, acc in enumerate([0.9780, 0.9790, 0.9800]):
         fake_run(tmp_path / "shallow" / f"seed={seed}", acc, wall=120.0)
