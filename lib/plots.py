@@ -98,3 +98,42 @@ def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _digit(ax, image: np.ndarray, title: str = "", cmap: str = "gray_r", low: float = 0.0) -> None:
+    ax.imshow(np.squeeze(image), cmap=cmap, vmin=low, vmax=1.0, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def adversarial_examples(
+    shown: Mapping[str, np.ndarray], path: str | Path, title: str = ""
+) -> None:
+    """Rows: clean images, the perturbation (amplified to the full grey range), the
+    adversarial images with the net's label, and Szegedy's minimum-distortion images."""
+    clean, adv = shown["clean"], shown["adversarial"]
+    n = len(clean)
+    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 6.0), squeeze=False)
+    for i in range(n):
+        perturbation = adv[i] - clean[i]
+        scale = max(float(np.abs(perturbation).max()), 1e-12)
+        _digit(axes[0, i], clean[i], "clean")
+        _digit(axes[1, i], perturbation / scale, "perturbation", cmap="RdBu", low=-1.0)
+        _digit(axes[2, i], adv[i], f"FGSM -> {shown['adversarial_labels'][i]}")
+        _digit(axes[3, i], shown["minimum"][i], f"min. -> {shown['minimum_labels'][i]}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def image_row(images: np.ndarray, titles: Sequence[str], path: str | Path, title: str = "") -> None:
+    """Images side by side, each with its title."""
+    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.9), squeeze=False)
+    for ax, image, label in zip(axes[0], images, titles, strict=True):
+        _digit(ax, image, label)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,11 +1,14 @@
 """Attacks on a classifier: budgets kept, losses raised, Szegedy's minimum distortion
 against the closed form of a linear model, and fooling images reaching their confidence."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from commands import run_module
 
 from lib import adversarial
 
@@ -102,3 +105,64 @@ def test_fooling_images_reach_near_certainty_for_every_class(softmax_regression,
     assert images.shape == shape and 0.0 <= float(images.min()) <= float(images.max()) <= 1.0
     assert bool((confidence >= 0.9999).all()), confidence
     assert bool((adversarial.predictions(linear, params, images) == jnp.arange(10)).all())
+
+
+@pytest.fixture(scope="module")
+def two_targets(tmp_path_factory):
+    """Two finished shallow runs (seeds 0 and 1) on 2,000 images, one epoch each."""
+    root = tmp_path_factory.mktemp("targets")
+    for seed in (0, 1):
+        done = run_module(
+            "experiments.mnist_convnet",
+            "--net=shallow",
+            "--train_size=2000",
+            "--epochs=1",
+            f"--seed={seed}",
+            f"--workdir={root / str(seed)}",
+        )
+        assert done.returncode == 0, done.stderr
+    return [root / "0", root / "1"]
+
+
+SMALL = ["--test_size=60", "--distortion_size=4", "--pgd_steps=3", "--lbfgs_iterations=5"]
+
+
+def test_the_experiment_attacks_finished_runs_and_resumes(two_targets, tmp_path):
+    args = [f"--targets={','.join(map(str, two_targets))}", f"--workdir={tmp_path}", *SMALL]
+    done = run_module("experiments.adversarial", *args, "--eps=0.1,0.3")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    names = list(summary["targets"])
+    assert len(names) == 2 and all(name.startswith("shallow (") for name in names)
+    for name in names:
+        r = summary["targets"][name]
+        assert r["fgsm"]["0.3"] > r["clean_error"] and r["pgd"]["0.3"] >= r["pgd"]["0.1"]
+        assert r["distortion"]["of"] == 4 and len(r["fooling_confidence"]) == 10
+        # The transfer table's diagonal is the net's own FGSM error at --transfer_eps.
+        assert summary["transfer"][name][name] == r["fgsm"]["0.1"]
+    for picture in ("examples.png", "fooling.png"):
+        assert (tmp_path / picture).stat().st_size > 5_000
+    assert "Transfer" in (tmp_path / "table.md").read_text()
+    again = run_module("experiments.adversarial", *args, "--eps=0.1,0.3")
+    assert again.returncode == 0 and again.stdout.count("done before") == 2
+    other = run_module("experiments.adversarial", *args, "--eps=0.2")
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and "eps" in other.stderr
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--eps=0.1,2", "error: --eps=0.1,2.0 must be in (0, 1]"),
+        ("--pgd_steps=0", "error: --pgd_steps=0 must be >= 1"),
+        ("--test_size=50", "error: --distortion_size=100 must be at most --test_size=50"),
+        ("--targets=no/such/run", "error: no/such/run holds no run of experiments.mnist_convnet"),
+        ("stray", "error: unexpected argument 'stray'"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flag, message):
+    done = run_module("experiments.adversarial", f"--workdir={tmp_path / 'w'}", flag)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+    assert not (tmp_path / "w").exists()

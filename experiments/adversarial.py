@@ -1,0 +1,306 @@
+"""The nets' blind spots: adversarial examples and fooling images on the ladder's nets.
+
+Nielsen's last chapter points to them: Szegedy et al. 2013 ("Intriguing properties of
+neural networks") found imperceptibly perturbed images that a net misclassifies;
+Goodfellow, Shlens and Szegedy 2014 made them in one gradient step (FGSM); Madry et
+al. 2017 in many (PGD); Nguyen, Yosinski and Clune 2014 made images that look like
+noise to a person and are classified with near certainty. The attacks are
+`lib.adversarial`'s; this module aims them at finished runs of
+`experiments.mnist_convnet`:
+
+    python -m experiments.adversarial --targets=runs/main --workdir=runs/adversarial
+    python -m experiments.adversarial \\
+        --targets=runs/ladder/shallow/seed=0,runs/ladder/conv2/seed=0,runs/main
+
+With no --targets it trains one itself (the README's main job settings) in
+WORKDIR/target. For each target it reports the test error on clean images and under
+FGSM and PGD (L-inf) at each of --eps, the mean per-pixel RMS distortion of Szegedy's
+minimum distortion toward a random wrong label (L-BFGS with a search over c), and one
+fooling image per class with its confidence; with several targets, the error of each
+target on the FGSM images made on each other one (transfer). WORKDIR gets
+config.json, summary.json, table.md, examples.png (clean, perturbation amplified,
+adversarial) and fooling.png; a finished target's results are kept in
+WORKDIR/targets/, so a rerun after an interruption goes on from the next target.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import app, flags
+
+from experiments import common, mnist_convnet
+from lib import adversarial, data, metrics, plots
+from lib.errors import UserError
+from lib.nets import mnist as nets
+
+FLAGS = flags.FLAGS
+# --workdir (default here runs/adversarial), --seed (PGD's start, the wrong labels, the
+# noise) and --train_size (of the net trained when no --targets) are mnist_convnet's.
+flags.DEFINE_list("targets", [], "Workdirs of finished mnist_convnet runs to attack.")
+flags.DEFINE_list("eps", ["0.05", "0.1", "0.2", "0.25", "0.3"], "L-inf budgets.")
+flags.DEFINE_integer("test_size", 1000, "Test images attacked by FGSM and PGD.")
+flags.DEFINE_integer("pgd_steps", 40, "PGD steps.")
+flags.DEFINE_float("pgd_step_size", None, "PGD step size; default 2.5 eps / --pgd_steps.")
+flags.DEFINE_integer("distortion_size", 100, "Test images for the minimum distortion.")
+flags.DEFINE_integer("lbfgs_iterations", 50, "L-BFGS iterations per penalty weight c.")
+flags.DEFINE_float("transfer_eps", 0.1, "FGSM budget of the transfer table.")
+flags.DEFINE_integer("target_epochs", 8, "Epochs of the net trained when no --targets.")
+
+RANGES = {"eps": common.Range(0, 1, open_low=True), "test_size": common.Range(1, 10_000),
+          "pgd_steps": common.AT_LEAST_1, "pgd_step_size": common.POSITIVE,
+          "distortion_size": common.AT_LEAST_1, "lbfgs_iterations": common.AT_LEAST_1,
+          "transfer_eps": common.Range(0, 1, open_low=True), "seed": common.NON_NEGATIVE,
+          "target_epochs": common.AT_LEAST_1, "train_size": common.AT_LEAST_1}  # fmt: skip
+
+FLAG_NAMES = ("targets", "workdir", "eps", "test_size", "pgd_steps", "pgd_step_size",
+              "distortion_size", "lbfgs_iterations", "transfer_eps", "seed", "target_epochs",
+              "train_size")  # fmt: skip
+
+# The README's main job: the net trained when no target is given.
+MAIN_JOB = {"net": "relu", "max_shift": 1, "batch_size": 100, "optimizer": "nesterov",
+            "learning_rate": 0.05, "l2": 0.02, "schedule": "cosine"}  # fmt: skip
+
+
+class Target:
+    """A finished run's network, its last saved parameters and its name."""
+
+    def __init__(self, workdir: str | Path):
+        self.workdir = Path(workdir)
+        config_file, checkpoints = self.workdir / "config.json", self.workdir / "checkpoints"
+        if not config_file.exists() or not checkpoints.is_dir():
+            raise UserError(
+                f"{self.workdir} holds no run of experiments.mnist_convnet (no config.json "
+                f"or checkpoints/); train one first: python -m experiments.mnist_convnet "
+                f"--workdir={self.workdir}"
+            )
+        self.config = json.loads(config_file.read_text())
+        if self.config.get("net") not in nets.RUNGS or self.config.get("ensemble", 1) != 1:
+            raise UserError(
+                f"{self.workdir} is not a single net of the ladder (net "
+                f"{self.config.get('net')}, ensemble {self.config.get('ensemble')})"
+            )
+        self.name = self.config["net"]
+        self.model = nets.create(
+            self.config["net"],
+            activation=self.config["activation"],
+            dropout=self.config["dropout"],
+            weight_init=self.config["init"],
+        )
+        manager = ocp.CheckpointManager(checkpoints.absolute())
+        step = manager.latest_step()
+        if step is None:
+            raise UserError(f"{checkpoints} holds no checkpoint; train the run first")
+        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        manager.close()
+        self.params = jax.tree.map(jnp.asarray, saved.state["params"])
+        model = self.model
+        self.apply = lambda params, x: model.apply({"params": params}, x)
+
+
+def _errors(target: Target, x, y) -> float:
+    return float(np.mean(np.asarray(adversarial.predictions(target.apply, target.params, x)) != y))
+
+
+def attack(target: Target, test: data.Split, config: dict, say) -> tuple[dict, dict]:
+    """One target's studies: (its results, pictures' arrays)."""
+    x, y = jnp.asarray(test.images[: config["test_size"]]), test.labels[: config["test_size"]]
+    key = jax.random.key(config["seed"])
+    apply, params = target.apply, target.params
+    out = {"workdir": str(target.workdir), "net": target.name}
+    out["clean_error"] = _errors(target, x, y)
+    out["fgsm"], out["pgd"] = {}, {}
+    started = time.perf_counter()
+    for eps in config["eps"]:
+        x_fgsm = adversarial.fgsm(apply, params, x, jnp.asarray(y), eps)
+        out["fgsm"][str(eps)] = _errors(target, x_fgsm, y)
+        x_pgd = adversarial.pgd(
+            apply,
+            params,
+            x,
+            jnp.asarray(y),
+            eps,
+            config["pgd_steps"],
+            config["pgd_step_size"] or 2.5 * eps / config["pgd_steps"],
+            jax.random.fold_in(key, 1),
+        )
+        out["pgd"][str(eps)] = _errors(target, x_pgd, y)
+        say(
+            f"  {target.name}: eps {eps}: error FGSM {100 * out['fgsm'][str(eps)]:.1f}%, "
+            f"PGD {100 * out['pgd'][str(eps)]:.1f}%  ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
+    n = config["distortion_size"]
+    wrong = (test.labels[:n] + jax.random.randint(jax.random.fold_in(key, 2), (n,), 1, 10)) % 10
+    x_min, found = adversarial.minimum_distortion(
+        apply, params, x[:n], jnp.asarray(wrong), iterations=config["lbfgs_iterations"]
+    )
+    rms = np.asarray(adversarial.rms_distortion(x[:n], x_min))[np.asarray(found)]
+    out["distortion"] = {
+        "mean_rms": float(rms.mean()) if len(rms) else None,
+        "found": int(np.sum(found)),
+        "of": n,
+    }
+    mean = "none found" if not len(rms) else f"{rms.mean():.4f} RMS per pixel"
+    say(f"  {target.name}: minimum distortion {mean} (found for {len(rms)}/{n})", flush=True)
+    noise = jax.random.uniform(jax.random.fold_in(key, 3), (10, *x.shape[1:]))
+    fooling, confidence = adversarial.fooling_images(apply, params, noise, jnp.arange(10))
+    out["fooling_confidence"] = [float(c) for c in confidence]
+    say(f"  {target.name}: fooling images, least confident {min(confidence):.5f}", flush=True)
+    eps = config["transfer_eps"]
+    k = min(8, n)  # images shown: the first of those given the minimum distortion
+    shown = adversarial.fgsm(apply, params, x[:k], jnp.asarray(y[:k]), eps)
+    pictures = {
+        "clean": np.asarray(x[:k]),
+        "adversarial": np.asarray(shown),
+        "adversarial_labels": np.asarray(adversarial.predictions(apply, params, shown)),
+        "minimum": np.asarray(x_min[:k]),
+        "minimum_labels": np.asarray(adversarial.predictions(apply, params, x_min[:k])),
+        "fooling": np.asarray(fooling),
+    }
+    return out, pictures
+
+
+def table(summary: dict) -> str:
+    eps = summary["eps"]
+    lines = [
+        "| net | clean error | "
+        + " | ".join(f"FGSM {e}" for e in eps)
+        + " | "
+        + " | ".join(f"PGD {e}" for e in eps)
+        + " | min. distortion (RMS) | fooling: least confidence |",
+        "| --- | ---: | " + " | ".join("---:" for _ in range(2 * len(eps) + 2)) + " |",
+    ]
+    for name, r in summary["targets"].items():
+        cells = [f"{100 * r['clean_error']:.1f}%"]
+        cells += [f"{100 * r['fgsm'][str(e)]:.1f}%" for e in eps]
+        cells += [f"{100 * r['pgd'][str(e)]:.1f}%" for e in eps]
+        mean_rms = r["distortion"]["mean_rms"]
+        cells.append("-" if mean_rms is None else f"{mean_rms:.3f}")
+        cells.append(f"{min(r['fooling_confidence']):.5f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    transfer = summary.get("transfer")
+    if transfer:
+        names = list(transfer)
+        lines += [
+            "",
+            f"Transfer: test error of each net (columns) on FGSM images (eps "
+            f"{summary['transfer_eps']}) made on each net (rows).",
+            "",
+            "| made on | " + " | ".join(names) + " |",
+            "| --- | " + " | ".join("---:" for _ in names) + " |",
+        ]
+        for made in names:
+            cells = [f"{100 * transfer[made][on]:.1f}%" for on in names]
+            lines.append(f"| {made} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _unique_names(targets: list[Target]) -> None:
+    seen: dict[str, int] = {}
+    for t in targets:
+        seen[t.name] = seen.get(t.name, 0) + 1
+    for t in targets:
+        if seen[t.name] > 1:
+            t.name = f"{t.name} ({t.workdir})"
+
+
+def run(config: dict, verbose: bool = True) -> dict:
+    """Attack every target; returns the summary (also written to WORKDIR/summary.json)."""
+    try:
+        config = {**config, "eps": [float(e) for e in config["eps"]]}
+    except ValueError:
+        raise UserError(f"--eps must be numbers, got {','.join(config['eps'])}") from None
+    common.check_ranges(config, RANGES)
+    if config["distortion_size"] > config["test_size"]:
+        raise UserError(
+            f"--distortion_size={config['distortion_size']} must be at most --test_size="
+            f"{config['test_size']}"
+        )
+    paths = list(config["targets"])
+    if len({Path(p).resolve() for p in paths}) < len(paths):
+        raise UserError(f"--targets names a run twice: {','.join(paths)}")
+    targets = [Target(p) for p in paths]  # a bad target is named before any work
+    config["workdir"] = config["workdir"] or "runs/adversarial"
+    with common.own_workdir(config) as root:
+        return _study(config, root, targets, verbose)
+
+
+def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> dict:
+    """The attacks of `run`, in the workdir it holds."""
+    say = print if verbose else (lambda *a, **k: None)
+    writer = metrics.MetricsWriter(root)
+    writer.write_json("config.json", config)
+    if not targets:
+        workdir = root / "target"
+        say(f"no --targets: training the README's main job net in {workdir}", flush=True)
+        summary = mnist_convnet.run(
+            {**MAIN_JOB, "epochs": config["target_epochs"], "train_size": config["train_size"]},
+            str(workdir),
+            verbose=verbose,
+        )
+        if not summary["finished"]:
+            return {"finished": False}
+        targets = [Target(workdir)]
+    _unique_names(targets)
+    started = time.perf_counter()
+    test = data.mnist(order="book").test
+    kept = root / "targets"
+    kept.mkdir(exist_ok=True)
+    results, pictures = {}, {}
+    for i, target in enumerate(targets):
+        done = kept / f"{i}.json"
+        if done.exists() and json.loads(done.read_text())["workdir"] == str(target.workdir):
+            results[target.name] = json.loads(done.read_text())
+            say(f"{target.name}: done before, kept in {done}", flush=True)
+            continue
+        say(f"{target.name} ({target.workdir}):", flush=True)
+        results[target.name], pictures[target.name] = attack(target, test, config, say)
+        metrics.write_json(done, results[target.name])
+    summary = {
+        "finished": True,
+        "eps": config["eps"],
+        "transfer_eps": config["transfer_eps"],
+        "targets": results,
+    }
+    if len(targets) > 1:
+        x = jnp.asarray(test.images[: config["test_size"]])
+        y = test.labels[: config["test_size"]]
+        summary["transfer"] = {}
+        for made in targets:
+            x_adv = adversarial.fgsm(
+                made.apply, made.params, x, jnp.asarray(y), config["transfer_eps"]
+            )
+            summary["transfer"][made.name] = {on.name: _errors(on, x_adv, y) for on in targets}
+    summary["wall_time_s"] = time.perf_counter() - started
+    summary["device"] = f"{jax.devices()[0].device_kind} x1"
+    text = table(summary)
+    (root / "table.md").write_text(text + "\n")
+    if pictures:
+        name, shown = next(iter(pictures.items()))
+        plots.adversarial_examples(
+            shown, root / "examples.png", title=f"{name}: FGSM eps {config['transfer_eps']}"
+        )
+        plots.image_row(
+            shown["fooling"],
+            [f"{k}: {c:.4f}" for k, c in enumerate(results[name]["fooling_confidence"])],
+            root / "fooling.png",
+            title=f"{name}: fooling images (class: confidence)",
+        )
+    writer.write_json("summary.json", summary)
+    say(text, flush=True)
+    return summary
+
+
+def main(argv):
+    common.run_from_flags(argv, run, FLAG_NAMES)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=common.parse_flags)
