@@ -55,7 +55,7 @@ from experiments import common
 from lib import data as data_lib
 from lib import studies
 from lib import train as train_lib
-from lib.metrics import prepare_workdir, write_json
+from lib.metrics import write_json
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
@@ -128,6 +128,10 @@ flags.DEFINE_list(
     "thresholds", None, "Validation accuracies (%) whose first epoch the table gives.", **_own
 )
 common.define_program_flags()
+
+RANGES = {"seeds": common.AT_LEAST_1, "seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
+          "train_size": common.AT_LEAST_1, "validation_size": common.Range(1, 10_000),
+          "batch_size": common.AT_LEAST_1, **common.PROGRAM_RANGES}  # fmt: skip
 
 FLAG_NAMES = ("preset", "workdir", "variants", "seeds", "seed", "epochs", "train_size",
               "validation_size", "batch_size", "thresholds",
@@ -293,7 +297,14 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
 def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     """Run (or resume) the study; returns its summary (also written to summary.json)."""
     config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    root = prepare_workdir(config["workdir"])
+    common.check_ranges(config, RANGES)
+    # thresholds only choose what the table reports; more epochs go on where the runs ended
+    with common.own_workdir(config, ignore=("thresholds",), may_grow=("epochs",)) as root:
+        return _study(config, root, verbose)
+
+
+def _study(config: dict, root: Path, verbose: bool) -> dict:
+    """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
     splits = data_lib.mnist(train_size=config["train_size"])
     if config["validation_size"]:
@@ -377,4 +388,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from pathlib import Path
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from lib import metrics
 from lib.errors import UserError
-from lib.train import DRIVERS, LAYOUTS, DivergedError
+from lib.train import DRIVERS, LAYOUTS, ConfigError, DivergedError
 
 FLAGS = flags.FLAGS
 
@@ -18,6 +23,62 @@ STOPPED = 3
 # How a run executes, not what it computes: the MNIST experiments share these flags.
 PROGRAM_DEFAULTS = {"driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
                     "num_devices": None}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: low and high bounds, each closed unless
+    said open. NaN and infinities are never in range; None (a setting left to its
+    default) always is."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float | None) -> bool:
+        if value is None:
+            return True
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.open_high else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.open_high else '<='} {self.high:g}"
+        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+AT_LEAST_1 = Range(1)
+POSITIVE = Range(0, open_low=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1, open_high=True)  # a rate or a momentum: 0 allowed, 1 not
+
+# The program flags' ranges; each experiment checks them with its own (check_ranges).
+PROGRAM_RANGES = {"eval_batch_size": AT_LEAST_1, "num_devices": AT_LEAST_1}
+
+
+def check_ranges(config: Mapping, ranges: Mapping[str, Range]) -> None:
+    """ConfigError naming every setting of `config` outside its range (a list's values are
+    checked one by one), before a run does any work or writes any file."""
+    bad = []
+    for name, allowed in ranges.items():
+        value = config.get(name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not values or any(v not in allowed for v in values):
+            shown = ",".join(map(str, values)) if isinstance(value, (list, tuple)) else value
+            bad.append(f"--{name}={shown} must be {allowed}")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def define_program_flags() -> None:
@@ -45,20 +106,66 @@ def define_program_flags() -> None:
     )
 
 
+@contextlib.contextmanager
+def own_workdir(
+    config: dict, ignore: Collection[str] = (), may_grow: Collection[str] = ()
+) -> Iterator[Path]:
+    """config["workdir"], created and held by this process for the block (a second run there
+    is refused, naming this one's pid), after checking that it holds no run with other
+    settings than `config`; the PROGRAM_DEFAULTS, the workdir's name and `ignore` may
+    differ, and the settings in `may_grow` may grow (see lib.metrics.accept_resume)."""
+    path = metrics.prepare_workdir(config["workdir"])
+    with metrics.hold_workdir(path):
+        metrics.accept_resume(
+            path, config, ignore={"workdir", *PROGRAM_DEFAULTS, *ignore}, may_grow=may_grow
+        )
+        yield path
+
+
+# Third-party notices that say nothing a user of these commands can act on.
+UNHELPFUL_NOTICES = ("OpenCV is not installed",)  # TFDS: PIL decodes MNIST just as well
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: a bad value or
+    an unexpected positional argument ends the process with one line on stderr and status
+    1, instead of absl's usage text, and TFDS's notices in UNHELPFUL_NOTICES are dropped."""
+    logging.get_absl_logger().addFilter(
+        lambda record: not any(n in record.getMessage() for n in UNHELPFUL_NOTICES)
+    )
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        fail(str(e))
+    if len(rest) > 1:
+        fail(
+            f"unexpected argument {' '.join(rest[1:])!r}: every setting is a flag, "
+            f"--name=value (--helpshort lists them)"
+        )
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep JAX's and Orbax's info lines out of the way
+    return rest
+
+
+def fail(message: str) -> None:
+    """End the process as a user's mistake does: `message` in one line, status 1."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
 def run_from_flags(argv: list[str], run: Callable[[dict], dict], names: Iterable[str]) -> dict:
     """Call `run` with the named flags' values; a user mistake or a diverged run ends
     the process with one line on stderr and status 1, not a traceback, and a run that
     reports it stopped early (`summary["finished"]` False) ends with status STOPPED."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if len(argv) > 1:  # parse_flags reports these; a main run without it still refuses
+        fail(f"unexpected argument {' '.join(argv[1:])!r}")
     if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # keep Orbax's and JAX's info lines out of the way
+        logging.set_verbosity(logging.WARNING)  # as parse_flags does, for mains run without it
     config = {name: FLAGS[name].value for name in names}
     try:
         summary = run(config)
     except (UserError, DivergedError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        fail(str(e))
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary

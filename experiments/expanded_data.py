@@ -57,7 +57,7 @@ from experiments import common
 from lib import augment, studies
 from lib import data as data_lib
 from lib import train as train_lib
-from lib.metrics import prepare_workdir, write_json
+from lib.metrics import write_json
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
@@ -133,6 +133,14 @@ flags.DEFINE_float("max_skew", 0.3, "skew: shear factor up to this either way.",
 flags.DEFINE_float("elastic_alpha", 34.0, "elastic: strength (Simard et al.: 34).", **_own)
 flags.DEFINE_float("elastic_sigma", 4.0, "elastic: smoothness in pixels (Simard: 4).", **_own)
 common.define_program_flags()
+
+RANGES = {"validation_size": common.Range(1, 10_000), "seeds": common.AT_LEAST_1,
+          "seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
+          "min_steps": common.NON_NEGATIVE, "batch_size": common.AT_LEAST_1,
+          "learning_rate": common.POSITIVE, "l2": common.NON_NEGATIVE,
+          "max_shift": common.Range(0, 13), "max_degrees": common.Range(0, 180),
+          "max_skew": common.Range(0, 1), "elastic_alpha": common.NON_NEGATIVE,
+          "elastic_sigma": common.POSITIVE, **common.PROGRAM_RANGES}  # fmt: skip
 
 FLAG_NAMES = ("preset", "workdir", "net", "expansions", "train_sizes", "validation_size",
               "seeds", "seed", "epochs", "min_steps", "batch_size", "learning_rate", "l2",
@@ -339,7 +347,14 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
 def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     """Run (or resume) the study; returns its summary (also written to summary.json)."""
     config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    root = prepare_workdir(config["workdir"])
+    common.check_ranges(config, RANGES)
+    # more epochs (or steps) go on from where the runs ended, as if they had never stopped
+    with common.own_workdir(config, may_grow=("epochs", "min_steps")) as root:
+        return _study(config, root, verbose)
+
+
+def _study(config: dict, root: Path, verbose: bool) -> dict:
+    """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
     full = data_lib.mnist(train_size=max(config["train_sizes"]))
     if config["validation_size"]:
@@ -446,4 +461,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

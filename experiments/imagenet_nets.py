@@ -105,7 +105,8 @@ def resolve(config: dict) -> dict:
     out = {name: FLAGS[name].default for name in FLAG_NAMES}
     out.update(config)
     model = it.check_model_name(out["model"])
-    out["image_size"] = out["image_size"] or it.default_resolution(model)
+    if out["image_size"] is None:
+        out["image_size"] = it.default_resolution(model)
     if out["learning_rate"] is None and out["batch_size"] > 0:
         out["learning_rate"] = it.scaled_learning_rate(out["batch_size"])
     if out["steps"] is None and out["epochs"] is None:
@@ -165,18 +166,9 @@ def make_mesh(config: dict) -> jax.sharding.Mesh:
     return mesh
 
 
-def check_same_run(saved_config: Path, config: dict) -> None:
-    """ConfigError if the checkpointed run in this workdir had other RUN_IDENTITY settings."""
-    if not saved_config.exists():
-        return
-    saved = json.loads(saved_config.read_text())
-    changed = [k for k in RUN_IDENTITY if saved.get(k) != config.get(k)]
-    if changed:
-        what = ", ".join(f"{k}={saved.get(k)} (now {config.get(k)})" for k in changed)
-        raise ConfigError(
-            f"{saved_config.parent} holds a run with {what}; resume it with the same "
-            "settings or choose another --workdir"
-        )
+def check_same_run(workdir: Path, config: dict) -> None:
+    """UserError if the run in this workdir had other RUN_IDENTITY settings."""
+    metrics.accept_resume(workdir, config, keys=RUN_IDENTITY)
 
 
 # ----------------------------------------------------------------------------- data
@@ -279,6 +271,13 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             raise ConfigError(f"--{name} must be a multiple of the {processes} processes")
     mesh = make_mesh(config)
     workdir_path = metrics.prepare_workdir(config["workdir"])
+    with metrics.hold_workdir(workdir_path):  # a second run there is refused, naming this one
+        return _run(config, workdir_path, mesh, verbose)
+
+
+def _run(config: dict, workdir_path: Path, mesh: jax.sharding.Mesh, verbose: bool) -> dict:
+    """The run of `run`, in the workdir it holds."""
+    processes = jax.process_count()
     data = Dataset(config)
     train_batch = config["batch_size"] // processes
     eval_batch = config["eval_batch_size"] // processes
@@ -290,6 +289,8 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             "training images; lower it or use a larger --train_split"
         )
     total_steps = config["steps"] or config["epochs"] * steps_per_epoch
+    config.update(total_steps=total_steps, processes=processes)
+    check_same_run(workdir_path, config)  # before anything is written there
     eval_every = config["eval_every"] or steps_per_epoch
     recipe = it.Recipe(
         learning_rate=config["learning_rate"],
@@ -316,7 +317,6 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         ) from e
     step_key = parallel.put_replicated(step_key, mesh)
 
-    config.update(total_steps=total_steps, processes=processes)
     record: dict[str, Any] = {
         "history": [],
         "partial": _empty_partial(),
@@ -326,9 +326,9 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     checkpoints = Checkpointer(workdir_path / "checkpoints")
     writer = metrics.MetricsWriter(workdir_path)
     loader_iter = None if config["synthetic"] else iter(data.train_loader(train_batch))
-    if checkpoints.latest_step() is not None:
-        check_same_run(workdir_path / "config.json", config)
-        state, record = checkpoints.restore(state, data=loader_iter)
+    restored = checkpoints.restore_latest(state, data=loader_iter)  # the newest intact step
+    if restored is not None:
+        state, record = restored.state, restored.record
     writer.reset(record["history"], step_key="step")
     writer.write_json("config.json", config)
 
@@ -346,6 +346,8 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
 
     speak = verbose and jax.process_index() == 0
     say = print if speak else (lambda *a, **k: None)
+    if restored is not None and restored.notice:  # damaged checkpoints passed over
+        say(restored.notice, flush=True)
     step = int(jax.device_get(state.step))
     device = f"{jax.devices()[0].device_kind} x{mesh.size}"
     say(
@@ -522,4 +524,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import jax
 from absl import app, flags
+from flax import linen as nn
 
 from experiments import common
 from lib import augment, layers, metrics, plots
@@ -85,6 +87,16 @@ flags.DEFINE_enum(
 )
 common.define_program_flags()
 
+# Each numeric setting's valid values, checked before a run does anything.
+RANGES = {"seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
+          "batch_size": common.AT_LEAST_1, "learning_rate": common.POSITIVE,
+          "l2": common.NON_NEGATIVE, "dropout": common.FRACTION, "ensemble": common.AT_LEAST_1,
+          "max_shift": common.Range(0, 13),  # past half the image, no digit is left to see
+          "max_degrees": common.Range(0, 180), "max_skew": common.Range(0, 1),
+          "elastic_alpha": common.NON_NEGATIVE, "elastic_sigma": common.POSITIVE,
+          "train_size": common.AT_LEAST_1, "momentum": common.FRACTION,
+          **common.PROGRAM_RANGES}  # fmt: skip
+
 OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
                "ensemble")  # fmt: skip
 
@@ -125,13 +137,12 @@ def _pct(x: float | None) -> str:
 def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     """Train one configuration (flag names to values) and return its summary."""
     config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    rung = nets.RUNGS[config["net"]]
+    common.check_ranges(config, RANGES)
     if config["activation"] not in layers.ACTIVATIONS:
         raise train_lib.ConfigError(
             f"unknown activation '{config['activation']}'; "
             f"choose from {', '.join(layers.ACTIVATIONS)}"
         )
-    workdir_path = metrics.prepare_workdir(config["workdir"])
     model = nets.create(
         config["net"],
         activation=config["activation"],
@@ -166,6 +177,22 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
         num_devices=config["num_devices"],
     )
     train_lib.validate(train_config, config["train_size"] or 50_000)
+    # More epochs go on from where the run ended, as if it had never stopped; not so under
+    # a cosine schedule, which the number of epochs sets from the first step.
+    grows = ("epochs",) if config["schedule"] == "constant" else ()
+    with common.own_workdir(config, may_grow=grows) as workdir_path:
+        return _train(config, workdir_path, model, train_config, verbose)
+
+
+def _train(
+    config: dict,
+    workdir_path: Path,
+    model: nn.Module,
+    train_config: train_lib.TrainConfig,
+    verbose: bool,
+) -> dict:
+    """The run of `run`, in the workdir it holds."""
+    rung = nets.RUNGS[config["net"]]
     splits = data_lib.mnist(train_size=config["train_size"], order=config["split"])
     writer = metrics.MetricsWriter(workdir_path)
     writer.write_json("config.json", config)
@@ -175,6 +202,8 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
     first_epoch = [0]
 
     def on_start(info):
+        if info.get("checkpoint_notice"):  # damaged checkpoints passed over
+            say(info["checkpoint_notice"], flush=True)
         first_epoch[0] = info["resumed_step"] // info["steps_per_epoch"]  # for the ETA
         what = "resuming at step {resumed_step}".format(**info) if info["resumed_step"] else "start"
         say(
@@ -257,4 +286,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

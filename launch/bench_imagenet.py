@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 
+from experiments import common
 from lib import imagenet_train as it
 from lib import parallel
 from lib.nets import registry
@@ -141,4 +142,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

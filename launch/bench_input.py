@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from experiments import common
 from lib import input_pipeline
 from lib.data import DataError
 
@@ -108,4 +109,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

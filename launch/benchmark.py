@@ -46,7 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
+from experiments import common
 from lib import train, xla_cpu
+from lib.errors import UserError
 from lib.nets import mnist as nets
 
 FLAGS = flags.FLAGS
@@ -56,7 +58,7 @@ flags.DEFINE_list("ensemble", ["1"], "Numbers of nets trained at once.")
 flags.DEFINE_list(
     "ensemble_layouts", ["auto"], f"Ensemble layouts to time, of {', '.join(train.LAYOUTS)}."
 )
-flags.DEFINE_integer("steps", 0, "Steps to time; default 2,000 on accelerators, 200 on CPU.")
+flags.DEFINE_integer("steps", None, "Steps to time; default 2,000 on accelerators, 200 on CPU.")
 flags.DEFINE_integer("repeats", 3, "Time the steps this many times and keep the fastest.")
 flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
 flags.DEFINE_list(
@@ -144,30 +146,28 @@ def positive_ints(name: str) -> list[int]:
         values = [int(v) for v in FLAGS[name].value]
     except ValueError:
         got = ",".join(FLAGS[name].value)
-        raise app.UsageError(f"--{name} takes whole numbers, got {got}") from None
+        raise UserError(f"--{name} takes whole numbers, got {got}") from None
     if not values or min(values) < 1:
-        raise app.UsageError(f"--{name} takes whole numbers of at least 1")
+        raise UserError(f"--{name} takes whole numbers of at least 1")
     return values
 
 
 def check_flags() -> None:
     for name in FLAGS.nets:
         if name not in nets.RUNGS:
-            raise app.UsageError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
+            raise UserError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
     for layout in FLAGS.ensemble_layouts:
         if layout not in train.LAYOUTS:
-            raise app.UsageError(
-                f"unknown layout '{layout}'; choose from {', '.join(train.LAYOUTS)}"
-            )
+            raise UserError(f"unknown layout '{layout}'; choose from {', '.join(train.LAYOUTS)}")
     for path in FLAGS.paths:
         if path not in xla_cpu.PATHS:
-            raise app.UsageError(f"unknown path '{path}'; choose from {', '.join(xla_cpu.PATHS)}")
-    if FLAGS.steps < 0:
-        raise app.UsageError(f"--steps must be at least 1 (0: the default), got {FLAGS.steps}")
+            raise UserError(f"unknown path '{path}'; choose from {', '.join(xla_cpu.PATHS)}")
+    if FLAGS.steps is not None and FLAGS.steps < 1:
+        raise UserError(f"--steps must be at least 1, got {FLAGS.steps}")
     if FLAGS.repeats < 1:
-        raise app.UsageError(f"--repeats must be at least 1, got {FLAGS.repeats}")
+        raise UserError(f"--repeats must be at least 1, got {FLAGS.repeats}")
     if FLAGS.peak_gflops is not None and FLAGS.peak_gflops <= 0:
-        raise app.UsageError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
+        raise UserError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
     positive_ints("batch_sizes")
     positive_ints("ensemble")
 
@@ -193,13 +193,19 @@ def cases_in_process(path: str) -> list[dict]:
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise app.UsageError(f"the {path} path's benchmark failed: {last}")
+        raise UserError(f"the {path} path's benchmark failed: {last}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # common.parse_flags refuses positional arguments
+    try:
+        benchmark()
+    except UserError as e:
+        common.fail(str(e))
+
+
+def benchmark() -> None:
     check_flags()
     accelerator = jax.default_backend() != "cpu"
     steps = FLAGS.steps or (2000 if accelerator else 200)
@@ -256,4 +262,4 @@ def print_table(rows: Iterable[dict]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags, logging
 
-from experiments import mnist_convnet
+from experiments import common, mnist_convnet
 from lib import data, plots, train
 from lib.errors import UserError
 from lib.nets import mnist as nets
@@ -167,10 +167,18 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv):
-    del argv
+    del argv  # common.parse_flags refuses positional arguments
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
-    root = Path(FLAGS.workdir or "runs/ladder")
+    try:
+        ladder(Path(FLAGS.workdir or "runs/ladder"))
+    except (UserError, train.DivergedError) as e:
+        common.fail(str(e))
+
+
+def ladder(root: Path) -> None:
+    """Train the missing runs of --nets x --seeds under `root` (unless --table_only), then
+    write the table from every finished run there."""
     given = {
         name: FLAGS[name].value
         for name in mnist_convnet.FLAG_NAMES
@@ -179,10 +187,11 @@ def main(argv):
     try:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError:
-        sys.exit(f"error: --seeds must be integers, got {','.join(FLAGS.seeds)}")
+        raise UserError(f"--seeds must be integers, got {','.join(FLAGS.seeds)}") from None
     unknown = [n for n in FLAGS.nets if n not in nets.RUNGS]
     if unknown:
-        sys.exit(f"error: unknown rung(s) {unknown}; choose from {', '.join(nets.NETS)}")
+        raise UserError(f"unknown rung(s) {unknown}; choose from {', '.join(nets.NETS)}")
+    common.check_ranges({**given, "seed": min(seeds, default=0)}, mnist_convnet.RANGES)
     if not FLAGS.table_only:
         trained = [n for n in FLAGS.nets if n != "ensemble"]
         if "ensemble" in FLAGS.nets and VOTERS not in trained:
@@ -199,16 +208,14 @@ def main(argv):
                 config = {**given, "net": name, "seed": seed}
                 summary = mnist_convnet.run(config, str(workdir))
                 if not summary["finished"]:
-                    sys.exit(f"stopped; run the same command again to resume from {workdir}")
+                    print(f"stopped; run the same command again to resume from {workdir}")
+                    sys.exit(common.STOPPED)
                 if kept is not None:
                     keep_results(workdir, kept)
-    try:
-        rows = collect(root, FLAGS.nets)
-        text = table(rows)
-        if FLAGS.readme:
-            put_table(Path(FLAGS.readme), text)
-    except UserError as e:
-        sys.exit(f"error: {e}")
+    rows = collect(root, FLAGS.nets)
+    text = table(rows)
+    if FLAGS.readme:
+        put_table(Path(FLAGS.readme), text)
     root.mkdir(parents=True, exist_ok=True)
     (root / "ladder.md").write_text(text + "\n")
     if FLAGS.figure:
@@ -217,4 +224,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from absl import app, flags, logging
 
+from experiments import common
 from lib.nets import registry
 
 FLAGS = flags.FLAGS
@@ -98,4 +99,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

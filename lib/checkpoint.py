@@ -1,27 +1,183 @@
-"""Save and resume training with Orbax.
+"""Save and resume training with Orbax, checking what comes back.
 
 A checkpoint is the train state (a pytree of arrays) plus a JSON record of the
 run so far, and optionally the position of a Grain data iterator (one small file
 per process, since each host reads its own share of the data). Orbax writes each
 checkpoint to a temporary folder and renames it when complete, so a run killed
 mid-write leaves the previous checkpoint intact.
+
+Each save also stores, in the record, a SHA-256 over the bytes of every leaf of
+the state (computed on the host) and over the record itself. A restore of the
+latest checkpoint tries the steps newest first and takes the first one that
+loads and matches its checksum; the steps it passed over come back with the
+reason, for the caller to report. A save that fails (a full disk) removes what
+it had written, so only complete checkpoints are ever found.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
+import hashlib
+import json
+import logging
+import re
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from lib.errors import UserError
+
+CHECKSUM_KEY = "_sha256"  # in the saved record: the checksum of the state and the record
+
+
+class DiskFullError(UserError):
+    """No space left where the checkpoint was being written; the earlier ones are kept."""
+
+
+class Damaged(Exception):
+    """A checkpoint step that cannot be read or does not match its checksum."""
+
+
+class Restored(NamedTuple):
+    state: Any
+    record: dict
+    step: int
+    skipped: tuple[tuple[int, str], ...] = ()  # (step, why), newest first: damaged steps
+
+    @property
+    def notice(self) -> str | None:
+        """One line on the damaged steps passed over, or None when there were none."""
+        if not self.skipped:
+            return None
+        steps = ", ".join(str(step) for step, _ in self.skipped)
+        why = "; ".join(why for _, why in self.skipped)
+        noun, verb = ("step", "is") if len(self.skipped) == 1 else ("steps", "are")
+        return f"checkpoint {noun} {steps} {verb} damaged ({why}); resuming from step {self.step}"
+
+
+def _host_array(x: Any) -> np.ndarray | None:
+    """The value of a leaf on this host; None for an array sharded over other hosts."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if not x.sharding.is_fully_replicated:
+            return None
+        x = x.addressable_data(0)
+    return np.asarray(jax.device_get(x))
+
+
+def checksum(state: Any, record: dict) -> str | None:
+    """SHA-256 over the dtype, shape and bytes of each leaf of `state`, then over `record`
+    as canonical JSON; None when part of the state lives only on other hosts."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(state):
+        value = _host_array(leaf)
+        if value is None:
+            return None
+        digest.update(f"{value.dtype.str}{value.shape};".encode())
+        digest.update(np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+    digest.update(json.dumps(record, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    """`e`, the exceptions it was raised from or during, and those of an exception group."""
+    seen: set[int] = set()
+    todo = [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether `e` or an exception behind it says the disk is full (ENOSPC)."""
+    return any(
+        (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
+        or "No space left on device" in str(cause)  # TensorStore's errors are no OSError
+        for cause in _causes(e)
+    )
+
+
+def _short(e: BaseException) -> str:
+    """A short reason for an exception: the first line of the one at the root of it (for
+    TensorStore's, the array and what is wrong with it), at most 120 characters."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else type(e).__name__
+    tensorstore = re.match(r'[A-Z_]+: Error reading "([^"]*)".*?: (\S.*)$', first)
+    first = f"{tensorstore[1]}: {tensorstore[2]}" if tensorstore else f"{type(e).__name__}: {first}"
+    return first if len(first) <= 120 else first[:117] + "..."
+
+
+@contextlib.contextmanager
+def _quiet_unraisable() -> Iterator[None]:
+    """Keep the coroutines that a failed Orbax read leaves behind from printing their
+    exceptions as they are collected ("Exception ignored in ..."): the failure itself
+    is reported by the caller."""
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = previous
+
+
+@contextlib.contextmanager
+def _held_orbax_errors() -> Iterator[list[logging.LogRecord]]:
+    """Hold back the errors Orbax's writer threads log while a save runs: the same errors
+    reach the caller as the save's exception. The caller re-emits them (`_emit`) unless
+    it reports that exception in their stead."""
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "orbax" in record.pathname:
+            held.append(record)
+            return False
+        return True
+
+    logger = logging.getLogger("absl")
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+
+
+def _emit(records: list[logging.LogRecord]) -> None:
+    for record in records:
+        logging.getLogger(record.name).handle(record)
+
+
+def _join_orbax_writers(timeout: float = 60.0) -> None:
+    """Wait for Orbax's writer threads still running after a failed save."""
+    from orbax.checkpoint._src.futures import future
+
+    kind = getattr(future, "_SignalingThread", None)
+    for thread in threading.enumerate():
+        if kind is not None and isinstance(thread, kind) and thread.is_alive():
+            threading.Thread.join(thread, timeout)
 
 
 class Checkpointer:
     """The latest few checkpoints of one run, numbered by training step."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
+        self.directory = Path(directory).absolute()
         self._manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
+            self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep,
                 enable_async_checkpointing=False,
@@ -32,15 +188,129 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: Any, record: dict, data: Any = None) -> None:
-        """`data`: an iterator with Grain's `get_state() -> bytes`, saved beside the state."""
-        items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(record)}
+        """`data`: an iterator with Grain's `get_state() -> bytes`, saved beside the state.
+
+        Steps at or after `step` (damaged ones that a restore passed over) are deleted
+        first, so the new checkpoint is the latest. Raises DiskFullError, a UserError,
+        when the disk is full; what this save had written is removed then (as after any
+        failed save), and the earlier checkpoints are left as they were.
+        """
+        for later in self.all_steps():
+            if later >= step:
+                self._manager.delete(later)
+        digest = checksum(state, record)
+        saved = record if digest is None else {**record, CHECKSUM_KEY: digest}
+        items = {"state": ocp.args.StandardSave(state), "record": ocp.args.JsonSave(saved)}
         if data is not None:
             import grain  # registers its iterator handler with Orbax
 
             items["data"] = grain.checkpoint.CheckpointSave(data)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self._manager.wait_until_finished()
+        kept = self.latest_step()
+        self._discard(step)  # the temporary folder of an earlier failed save, if any
+        with _held_orbax_errors() as held:
+            try:
+                self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+                self._manager.wait_until_finished()
+                failure = None
+            except Exception as e:
+                _join_orbax_writers()
+                failure = e
+        if failure is None:
+            _emit(held)
+            return
+        self._discard(step)
+        if not _disk_full(failure):
+            _emit(held)
+            raise failure
+        kept_text = (
+            f"the last good checkpoint, step {kept}, is kept"
+            if kept is not None
+            else "no earlier checkpoint was saved"
+        )
+        raise DiskFullError(
+            f"no space left on the device holding {self.directory} while saving checkpoint "
+            f"step {step}; {kept_text}. Free some space and run the same command again "
+            "to resume"
+        ) from None
+
+    def _discard(self, step: int) -> None:
+        """Remove what a failed save of `step` left: its temporary folder, or the step.
+
+        Only called when `step` is no checkpoint to keep (`save` deleted any such first).
+        """
+        leftovers = [*self.directory.glob(f"{step}.orbax-checkpoint-tmp*")]
+        if (self.directory / str(step)).exists():
+            leftovers.append(self.directory / str(step))
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        if leftovers:
+            self._manager.reload()
+
+    def _restore_step(self, step: int, state_like: Any, data: Any) -> tuple[Any, dict]:
+        """The state and record of `step`, checked against the checksum saved with them;
+        Damaged, with the reason, when they cannot be read or do not match it."""
+        with _quiet_unraisable():
+            restored = self._read_step(step, state_like, data)
+        if isinstance(restored, str):
+            raise Damaged(restored)
+        return restored
+
+    def _read_step(self, step: int, state_like: Any, data: Any) -> tuple[Any, dict] | str:
+        """`_restore_step`'s reading, returning why the step is damaged instead of raising
+        (so that nothing holds on to the failed reads once it returns)."""
+        composite = ocp.args.Composite
+        try:
+            record = self._manager.restore(step, args=composite(record=ocp.args.JsonRestore()))
+            record = record.record
+        except Exception as e:
+            return f"its record cannot be read, {_short(e)}"
+        if not isinstance(record, dict):
+            return "its record is not a JSON object"
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+        try:
+            args = composite(state=ocp.args.StandardRestore(abstract))
+            state = self._manager.restore(step, args=args).state
+        except Exception as e:
+            return f"its arrays cannot be read, {_short(e)}"
+        record = dict(record)
+        expected = record.pop(CHECKSUM_KEY, None)
+        if expected is not None and checksum(state, record) not in (expected, None):
+            return "its contents do not match the checksum saved with them"
+        if data is not None:
+            import grain
+
+            try:
+                args = composite(data=grain.checkpoint.CheckpointRestore(data))
+                self._manager.restore(step, args=args)
+            except Exception as e:
+                return f"its data position cannot be read, {_short(e)}"
+        return state, record
+
+    def restore_latest(self, state_like: Any, data: Any = None) -> Restored | None:
+        """The newest intact checkpoint (see `restore`), the step it is, and the newer
+        steps passed over as damaged, with why; None when there is no checkpoint.
+
+        Raises UserError when no step is intact.
+        """
+        skipped: list[tuple[int, str]] = []
+        for step in reversed(self.all_steps()):
+            try:
+                state, record = self._restore_step(step, state_like, data)
+            except Damaged as e:
+                skipped.append((step, str(e)))
+                continue
+            return Restored(state, record, step, tuple(skipped))
+        if not skipped:
+            return None
+        reasons = "; ".join(f"step {step}: {why}" for step, why in skipped)
+        raise UserError(
+            f"no intact checkpoint in {self.directory} ({reasons}); delete that folder, or "
+            "use another workdir, to start over"
+        )
 
     def restore(
         self, state_like: Any, step: int | None = None, data: Any = None
@@ -48,16 +318,19 @@ class Checkpointer:
         """The state (with the shapes, dtypes and shardings of `state_like`) and record.
 
         `data`: a Grain DataLoader iterator, moved to the position saved with the state.
+        Without `step`, the newest intact step (`restore_latest`); a given step that is
+        damaged raises UserError.
         """
-        step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-        items = {"state": ocp.args.StandardRestore(abstract), "record": ocp.args.JsonRestore()}
-        if data is not None:
-            import grain
-
-            items["data"] = grain.checkpoint.CheckpointRestore(data)
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored.state, restored.record
+        if step is None:
+            restored = self.restore_latest(state_like, data)
+            if restored is None:
+                raise UserError(f"no checkpoint in {self.directory} to resume from")
+            return restored.state, restored.record
+        try:
+            return self._restore_step(step, state_like, data)
+        except Damaged as e:
+            where = f"checkpoint step {step} in {self.directory}"
+            raise UserError(f"{where} is damaged ({e})") from None
 
     def close(self) -> None:
         self._manager.close()

@@ -1,15 +1,19 @@
 """What a run writes to its workdir: config.json, metrics.jsonl, summary.json, TensorBoard events.
 
 Only process 0 of a multi-process run writes; the others get a writer that
-does nothing, so callers need no `if`.
+does nothing, so callers need no `if`. A run holds its workdir (`hold_workdir`) and
+resumes there only with the settings it started with (`accept_resume`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,115 @@ def prepare_workdir(workdir: str | Path) -> Path:
             f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
         ) from None
     return path
+
+
+LOCK = ".lock"  # in the workdir: the pid of the process that holds it
+
+
+def _lock_holder(f) -> str:
+    """The pid written in an open lock file (its holder writes it just after locking)."""
+    for _ in range(20):
+        f.seek(0)
+        pid = f.read().strip()
+        if pid:
+            return pid
+        time.sleep(0.05)
+    return "?"
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str | Path, enabled: bool | None = None) -> Iterator[Path]:
+    """Hold `workdir` for this process while the block runs, or UserError naming the process
+    that holds it. The lock is an flock on workdir/.lock, which holds the holder's pid; the
+    kernel drops it when its holder ends, killed or not, so a killed run never blocks its
+    resume. Only process 0 of a multi-process run (or `enabled`) takes it."""
+    path = Path(workdir)
+    if not (jax.process_index() == 0 if enabled is None else enabled):
+        yield path
+        return
+    try:
+        f = open(path / LOCK, "a+")
+    except OSError as e:
+        raise UserError(
+            f"cannot write to workdir {workdir} ({e.strerror}); choose another --workdir"
+        ) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"workdir {workdir} is in use by another run (pid {_lock_holder(f)}); "
+                "wait for it to end, or use another --workdir"
+            ) from None
+        except OSError as e:
+            raise UserError(
+                f"cannot lock workdir {workdir} ({e.strerror}); use a workdir on a filesystem "
+                "with file locks"
+            ) from None
+        f.truncate(0)
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield path
+        finally:
+            f.truncate(0)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(none)"
+    return "none" if value is None else str(value)
+
+
+def accept_resume(
+    workdir: str | Path,
+    config: Mapping,
+    keys: Collection[str] | None = None,
+    ignore: Collection[str] = (),
+    may_grow: Collection[str] = (),
+) -> list[str]:
+    """UserError when workdir/config.json records a run with other settings than `config`:
+    resuming it would mix two runs. Compared are `keys` (default: every setting both record)
+    less `ignore` (how a run executes, not what it computes); a setting in `may_grow` may be
+    larger than before (more epochs: the run goes on from where it ended). Call it before
+    writing to the workdir, while holding it (`hold_workdir`).
+
+    Returns the settings that grew; the workdir's summary.json, which describes the shorter
+    run, is then removed, since the run is unfinished again.
+    """
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {path} ({e}); use another --workdir, or delete that one to start again"
+        ) from None
+    now = json.loads(json.dumps(_jsonable(dict(config))))
+    names = [k for k in (keys if keys is not None else now) if k in saved and k in now]
+    changed, grown = [], []
+    for name in names:
+        before, after = saved[name], now[name]
+        if name in ignore or before == after:
+            continue
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)
+        )
+        if name in may_grow and numbers and after > before:
+            grown.append(name)
+        else:
+            changed.append(f"{name}={_show(before)} (now {_show(after)})")
+    if changed:
+        growable = f" ({', '.join(may_grow)} may grow)" if may_grow else ""
+        raise UserError(
+            f"{workdir} holds a run with other settings: {', '.join(changed)}; resume it with "
+            f"the same settings{growable}, or use another --workdir"
+        )
+    if grown:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(workdir) / "summary.json").unlink()
+    return grown
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -16,6 +16,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lib.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -64,6 +66,10 @@ def join_cluster() -> int:
     return jax.process_count()
 
 
+class DeviceCountError(UserError, ValueError):
+    """More devices asked for than there are."""
+
+
 def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> Mesh:
     """A 1-D mesh over `num_devices` devices (by default all of them, but one CPU).
 
@@ -82,7 +88,10 @@ def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> 
             while batch_size % num_devices:
                 num_devices -= 1
     if not 0 < num_devices <= len(devices):
-        raise ValueError(f"num_devices must be in [1, {len(devices)}], got {num_devices}")
+        raise DeviceCountError(
+            f"--num_devices={num_devices}, but this machine has {len(devices)} "
+            f"{jax.default_backend()} device(s); give at most {len(devices)}"
+        )
     return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 

@@ -164,6 +164,11 @@ def validate(config: TrainConfig, n_train: int) -> None:
     resolve_layout(config.ensemble_layout)
     if config.eval_batch_size <= 0:
         raise ConfigError(f"eval batch size must be positive, got {config.eval_batch_size}")
+    if config.num_devices is not None and not 0 < config.num_devices <= jax.device_count():
+        raise ConfigError(
+            f"--num_devices={config.num_devices}, but this machine has {jax.device_count()} "
+            f"{jax.default_backend()} device(s); give at most {jax.device_count()}"
+        )
     make_optimizer(config.optimizer, config.learning_rate, config.momentum, config.schedule, 1)
     resolve_driver(config.driver)
 
@@ -628,11 +633,13 @@ def train_and_evaluate(
 ) -> RunResult:
     """Train, evaluate every epoch, keep test accuracy at the best validation epoch.
 
-    Resumes from `workdir/checkpoints` when there is one. Writes metrics.jsonl and
+    Resumes from the newest intact checkpoint in `workdir/checkpoints` when there is one
+    (`on_start` hears of damaged newer ones as "checkpoint_notice"). Writes metrics.jsonl and
     TensorBoard events as it goes, and test_predictions.npy (the test labels predicted
     at the best epoch so far; (members, N) for an ensemble), and returns the summary
     with the final state; `summary["finished"]` is False when `should_stop` ended the
-    run early. Raises DivergedError on a non-finite loss, before saving.
+    run early. Raises DivergedError on a non-finite loss, before saving, and UserError
+    when no checkpoint there is intact or the disk fills up while saving one.
     """
     from lib.checkpoint import Checkpointer
     from lib.metrics import MetricsWriter
@@ -674,8 +681,9 @@ def train_and_evaluate(
     checkpoints = Checkpointer(workdir / "checkpoints")
     writer = MetricsWriter(workdir)
     record: dict = {"history": [], "best": None, "wall_time_s": 0.0}
-    if checkpoints.latest_step() is not None:
-        state, record = checkpoints.restore(state)
+    restored = checkpoints.restore_latest(state)  # the newest intact step, or None
+    if restored is not None:
+        state, record = restored.state, restored.record
         # The run's flags, not the checkpoint, decide a constant learning rate and momentum.
         state = parallel.put_replicated(jax.device_get(set_hyperparams(state, config)), mesh)
     writer.reset(record["history"])
@@ -687,6 +695,8 @@ def train_and_evaluate(
             "driver": runner.driver,
             "layout": layout if members > 1 else None,
             "params": count_params(state.params) // members,
+            # One line on damaged checkpoint steps passed over, for the caller to show.
+            "checkpoint_notice": restored.notice if restored is not None else None,
         }
     )
 

@@ -211,6 +211,8 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path):
     first = cli(*args, "--epochs=1")
     assert first.returncode == 0, first.stderr
     steps_before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    # Its config.json would refuse another learning rate; without it the checkpoint resumes.
+    (tmp_path / "config.json").unlink()
     blown = cli(*args, "--epochs=2", "--learning_rate=1e12")
     assert blown.returncode == 1
     assert "epoch 2" in blown.stderr and "Traceback" not in blown.stderr
@@ -221,9 +223,9 @@ def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path):
     ("args", "message"),
     [
         (["--net=lenet"], "--net"),
-        (["--learning_rate=0"], "learning rate must be positive"),
-        (["--learning_rate=-0.1"], "learning rate must be positive"),
-        (["--batch_size=0"], "batch size must be positive"),
+        (["--learning_rate=0"], "--learning_rate=0.0 must be > 0"),
+        (["--learning_rate=-0.1"], "--learning_rate=-0.1 must be > 0"),
+        (["--batch_size=0"], "--batch_size=0 must be >= 1"),
         (["--train_size=100", "--batch_size=200"], "larger than the 100 training examples"),
         (["--workdir=/dev/null/run"], "cannot write to workdir"),
     ],

@@ -1,0 +1,59 @@
+"""Bad input on the command lines: one line on stderr, status 1, and nothing written."""
+
+import math
+
+import pytest
+from commands import run_module
+
+from experiments import common
+
+
+def test_ranges_hold_what_they_say():
+    assert 0 in common.FRACTION and 0.5 in common.FRACTION and 1 not in common.FRACTION
+    assert 0 not in common.POSITIVE and 1e-9 in common.POSITIVE
+    for bad in (math.nan, math.inf, -math.inf, True, "1"):
+        assert bad not in common.NON_NEGATIVE
+    assert None in common.AT_LEAST_1  # a setting left to its default
+    assert str(common.FRACTION) == "in [0, 1)" and str(common.AT_LEAST_1) == ">= 1"
+    assert str(common.POSITIVE) == "> 0" and str(common.Range(0, 13)) == "in [0, 13]"
+
+
+def test_every_bad_setting_is_named_at_once():
+    config = {"dropout": 1.5, "epochs": 0, "eps": [0.1, 2.0], "l2": 0.0}
+    ranges = {"dropout": common.FRACTION, "epochs": common.AT_LEAST_1, "l2": common.NON_NEGATIVE}
+    ranges["eps"] = common.Range(0, 1, open_low=True)
+    with pytest.raises(common.ConfigError) as raised:
+        common.check_ranges(config, ranges)
+    assert str(raised.value) == (
+        "--dropout=1.5 must be in [0, 1); --epochs=0 must be >= 1; --eps=0.1,2.0 must be in (0, 1]"
+    )
+
+
+CASES = [
+    ("experiments.mnist_convnet", "--dropout=1.5", "--dropout=1.5 must be in [0, 1)"),
+    ("experiments.mnist_convnet", "--max_shift=100", "--max_shift=100 must be in [0, 13]"),
+    ("experiments.mnist_convnet", "--max_degrees=1000", "--max_degrees=1000.0 must be in [0, 180]"),
+    ("experiments.mnist_convnet", "--learning_rate=nan", "--learning_rate=nan must be > 0"),
+    ("experiments.mnist_convnet", "--momentum=-5", "--momentum=-5.0 must be in [0, 1)"),
+    ("experiments.mnist_convnet", "--num_devices=64", "--num_devices=64, but this machine has"),
+    ("experiments.mnist_convnet", "stray", "unexpected argument 'stray'"),
+    ("experiments.mnist_convnet", "--net=nine", "flag --net=nine: value should be one of"),
+    ("experiments.expanded_data", "--max_skew=3", "--max_skew=3.0 must be in [0, 1]"),
+    ("experiments.activations", "--seeds=0", "seeds must be at least 1, got 0"),
+    ("experiments.imagenet_nets", "--image_size=0", "--image_size must be positive, got 0"),
+    ("launch.ladder", "--epochs=-1", "--epochs=-1 must be >= 1"),
+    ("launch.benchmark", "--steps=0", "--steps must be at least 1, got 0"),
+    ("launch.benchmark", "--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
+]
+
+
+@pytest.mark.parametrize("module, flag, message", CASES, ids=[f"{m} {f}" for m, f, _ in CASES])
+def test_bad_value_is_one_line_before_any_file(tmp_path, module, flag, message):
+    workdir = tmp_path / "w"
+    args = [flag] if module.startswith("launch.benchmark") else [flag, f"--workdir={workdir}"]
+    done = run_module(module, *args, env={"CLASSIC_NETS_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+    assert not workdir.exists() and not (tmp_path / "cache").exists()  # no data read either
