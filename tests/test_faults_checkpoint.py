@@ -2,7 +2,6 @@
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from commands import run_module
+from commands import result, run_module
 
 from lib.checkpoint import Checkpointer
 from lib.errors import UserError
@@ -160,17 +159,6 @@ def test_other_save_failures_still_raise(two_steps, monkeypatch):
 
 def cli(*args, env=None):
     return run_module("experiments.mnist_convnet", *TINY, *args, env=env, timeout=240)
-
-
-def result(workdir: Path) -> dict:
-    summary = json.loads((workdir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    timeless = [
-        {k: v for k, v in line.items() if k not in ("epoch_time_s", "examples_per_s")}
-        for line in lines
-    ]
-    keys = ("best_epoch", "best_val_accuracy", "test_accuracy", "final_val_accuracy")
-    return {"summary": {k: summary[k] for k in keys}, "metrics": timeless}
 
 
 def _digest(folder: Path) -> dict:

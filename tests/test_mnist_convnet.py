@@ -1,6 +1,5 @@
 """The MNIST convnet experiment end to end: learning, resuming, devices, bad input."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from commands import run_module
+from commands import result, run_module
 
 from lib import parallel, train
 from lib.nets import mnist as nets
@@ -22,17 +21,6 @@ QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1"]
 
 def cli(*args, env=None, timeout=300):
     return run_module("experiments.mnist_convnet", *args, env=env, timeout=timeout)
-
-
-def result(workdir: Path) -> dict:
-    summary = json.loads((workdir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    timeless = [
-        {k: v for k, v in line.items() if k not in ("epoch_time_s", "examples_per_s")}
-        for line in lines
-    ]
-    keys = ("best_epoch", "best_val_accuracy", "test_accuracy", "final_val_accuracy")
-    return {"summary": {k: summary[k] for k in keys}, "metrics": timeless}
 
 
 @pytest.fixture(scope="module")
