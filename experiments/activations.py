@@ -52,18 +52,18 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from lib import data as data_lib
-from lib import studies
-from lib import train as train_lib
-from lib.metrics import write_json
-from lib.nets import mnist as nets
+from lib.core import data as data_lib
+from lib.core.metrics import write_json
+from lib.core.stop import GracefulStop
+from lib.nielsen import nets, studies
+from lib.nielsen import train as train_lib
 
 FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    activation: str  # a name in lib.layers.ACTIVATIONS
+    activation: str  # a name in lib.nielsen.layers.ACTIVATIONS
     learning_rate: float
     l2: float
     label: str
@@ -315,7 +315,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
     reports: dict[str, dict] = {}
     finished = True
 
-    with train_lib.GracefulStop() as stop:
+    with GracefulStop() as stop:
         for name in config["variants"]:
             label = VARIANTS[name].label
 

@@ -5,7 +5,7 @@ neural networks") found imperceptibly perturbed images that a net misclassifies;
 Goodfellow, Shlens and Szegedy 2014 made them in one gradient step (FGSM); Madry et
 al. 2017 in many (PGD); Nguyen, Yosinski and Clune 2014 made images that look like
 noise to a person and are classified with near certainty. The attacks are
-`lib.adversarial`'s; this module aims them at finished runs of
+`lib.adversarial.attacks`'s; this module aims them at finished runs of
 `experiments.mnist_convnet`:
 
     python -m experiments.adversarial --targets=runs/main --workdir=runs/adversarial
@@ -36,9 +36,10 @@ import orbax.checkpoint as ocp
 from absl import app, flags
 
 from experiments import common, mnist_convnet
-from lib import adversarial, data, metrics, plots
-from lib.errors import UserError
-from lib.nets import mnist as nets
+from lib.adversarial import attacks as adversarial
+from lib.core import data, metrics, plots
+from lib.core.errors import UserError
+from lib.nielsen import nets
 
 FLAGS = flags.FLAGS
 # --workdir (default here runs/adversarial), --seed (PGD's start, the wrong labels, the

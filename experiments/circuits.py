@@ -38,10 +38,10 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from lib import gates
-from lib import svm as svm_lib
-from lib.errors import UserError
-from lib.metrics import prepare_workdir, write_json
+from lib.core.errors import UserError
+from lib.core.metrics import prepare_workdir, write_json
+from lib.karpathy import gates
+from lib.karpathy import svm as svm_lib
 
 FLAGS = flags.FLAGS
 
@@ -86,7 +86,7 @@ flags.DEFINE_list(
     DEFAULTS["check"],
     "Instead of the chapter, gradient-check these models (comma-separated names, or 'all'): "
     "the toy models neuron, svm, two_layer, linear_svm, rff_svm, and the MNIST nets of "
-    "lib.nets.mnist (shallow, conv1, conv2, relu, ...).",
+    "lib.nielsen.nets (shallow, conv1, conv2, relu, ...).",
     **_own,
 )
 flags.DEFINE_integer(
@@ -214,7 +214,7 @@ def gate_checks(h: float) -> dict:
 
 def _mnist_batch(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The first n MNIST test images, in [0, 1]."""
-    from lib import data
+    from lib.core import data
 
     images, labels = data.load_tfds_arrays("mnist", "test")
     return images[:n].astype(np.float64) / 255.0, labels[:n]
@@ -225,9 +225,9 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def mnist_net_names() -> tuple[str, ...]:
-    """The MNIST nets of lib.nets.mnist, or none when that module cannot be imported."""
+    """The MNIST nets of lib.nielsen.nets, or none when that module cannot be imported."""
     try:
-        from lib.nets import mnist
+        from lib.nielsen import nets as mnist
     except ImportError:
         return ()
     return tuple(mnist.NETS)
@@ -264,7 +264,7 @@ def check_target(name: str, key: jax.Array, batch: int) -> tuple[Callable[[Any],
             return svm_lib.multiclass_hinge_loss(svm_lib.linear_scores(p, x), jnp.asarray(labels))
 
         return hinge, params
-    from lib.nets import mnist
+    from lib.nielsen import nets as mnist
 
     model = mnist.create(name)
     x = jnp.asarray(images, jnp.float64)
@@ -434,7 +434,7 @@ def run(config: dict, verbose: bool = True) -> dict:
     write_json(workdir / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
     if config["check"]:
-        from lib.data import DataError
+        from lib.core.errors import DataError
 
         try:
             summary = check_mode(config, say)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from absl import flags, logging
 
-from lib import metrics
-from lib.errors import UserError
-from lib.train import DRIVERS, LAYOUTS, ConfigError, DivergedError
+from lib.core import metrics
+from lib.core.errors import ConfigError, DivergedError, UserError
+from lib.nielsen.train import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
 
@@ -113,7 +113,7 @@ def own_workdir(
     """config["workdir"], created and held by this process for the block (a second run there
     is refused, naming this one's pid), after checking that it holds no run with other
     settings than `config`; the PROGRAM_DEFAULTS, the workdir's name and `ignore` may
-    differ, and the settings in `may_grow` may grow (see lib.metrics.accept_resume)."""
+    differ, and the settings in `may_grow` may grow (see lib.core.metrics.accept_resume)."""
     path = metrics.prepare_workdir(config["workdir"])
     with metrics.hold_workdir(path):
         metrics.accept_resume(

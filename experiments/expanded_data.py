@@ -6,7 +6,7 @@ images one has, keeps helping; chapter 6 lifts the ReLU two-ConvPool net from 99
 to 99.37% by adding each image's four one-pixel shifts (a 250,000-image set), and
 cites Simard, Steinkraus & Platt (2003) for random affine and elastic distortions.
 
-Every expansion runs on the device, per mini-batch (lib/augment.py), and can be
+Every expansion runs on the device, per mini-batch (lib/nielsen/augment.py), and can be
 switched on alone or combined with others by joining names with '+':
 
 | name    | what each training image becomes                                       |
@@ -54,11 +54,11 @@ from pathlib import Path
 from absl import app, flags
 
 from experiments import common
-from lib import augment, studies
-from lib import data as data_lib
-from lib import train as train_lib
-from lib.metrics import write_json
-from lib.nets import mnist as nets
+from lib.core import data as data_lib
+from lib.core.metrics import write_json
+from lib.core.stop import GracefulStop
+from lib.nielsen import augment, nets, studies
+from lib.nielsen import train as train_lib
 
 FLAGS = flags.FLAGS
 
@@ -366,7 +366,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
     reports: dict[str, dict] = {}
     finished = True
 
-    with train_lib.GracefulStop() as stop:
+    with GracefulStop() as stop:
         for spec in config["expansions"]:
             for n in config["train_sizes"]:
                 key = f"{spec}/n{n}"

@@ -20,7 +20,7 @@ MNIST at 32x32 (half a minute on two cores; 83.8% top-1 on the 1,000 test images
 
 Training throughput without an input pipeline: --synthetic (random images, no evaluation).
 
-Images go through `lib.input_pipeline` (Grain: Inception crop and flip for training, resize
+Images go through `lib.imagenet.input_pipeline` (Grain: Inception crop and flip for training, resize
 and centre crop for evaluation, grayscale made three channels) as uint8 and are normalised
 on the devices. The run writes config.json, metrics.jsonl (one line per evaluation),
 summary.json, TensorBoard events and checkpoints/ to --workdir; running again there
@@ -44,17 +44,17 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 
 from experiments import common
-from lib import imagenet_train as it
-from lib import input_pipeline as ip
-from lib import metrics, parallel
-from lib.checkpoint import Checkpointer
-from lib.data import DataError
-from lib.nets.registry import UnknownModelError
-from lib.train import ConfigError, DivergedError, GracefulStop
+from lib.core import metrics, parallel
+from lib.core.checkpoint import Checkpointer
+from lib.core.errors import ConfigError, DataError, DivergedError
+from lib.core.stop import GracefulStop
+from lib.imagenet import input_pipeline as ip
+from lib.imagenet import train as it
+from lib.imagenet.nets.registry import UnknownModelError
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("model", "resnet50", "Model name (lib.nets.registry, or resnet_tiny).")
+flags.DEFINE_string("model", "resnet50", "Model name (lib.imagenet.nets.registry, or resnet_tiny).")
 flags.DEFINE_string("dataset", "imagenet2012", "TFDS image classification dataset.")
 flags.DEFINE_string("data_dir", None, "TFDS data directory; default $TFDS_DATA_DIR.")
 flags.DEFINE_string("train_split", "train", "TFDS split to train on (slicing allowed).")
@@ -351,7 +351,7 @@ def _run(config: dict, workdir_path: Path, mesh: jax.sharding.Mesh, verbose: boo
     step = int(jax.device_get(state.step))
     device = f"{jax.devices()[0].device_kind} x{mesh.size}"
     say(
-        f"{config['model']}: {it.count_params(state.params):,} parameters, {data.name} "
+        f"{config['model']}: {metrics.count_params(state.params):,} parameters, {data.name} "
         f"({data.train_size:,} training images, {data.num_classes} classes) at "
         f"{config['image_size']}x{config['image_size']}, batch {config['batch_size']} on "
         f"{device} ({processes} process(es)), {config['dtype']}; "
@@ -498,7 +498,7 @@ def _run(config: dict, workdir_path: Path, mesh: jax.sharding.Mesh, verbose: boo
         "wall_time_s": record["wall_time_s"],
         "device": device,
         "processes": processes,
-        "params": it.count_params(state.params),
+        "params": metrics.count_params(state.params),
     }
     if finished:
         writer.write_json("summary.json", summary)

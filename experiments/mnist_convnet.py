@@ -41,10 +41,11 @@ from absl import app, flags
 from flax import linen as nn
 
 from experiments import common
-from lib import augment, layers, metrics, plots
-from lib import data as data_lib
-from lib import train as train_lib
-from lib.nets import mnist as nets
+from lib.core import data as data_lib
+from lib.core import metrics, plots
+from lib.core.stop import GracefulStop
+from lib.nielsen import augment, layers, nets
+from lib.nielsen import train as train_lib
 
 FLAGS = flags.FLAGS
 
@@ -244,7 +245,7 @@ def _train(
         )
 
     hooks = train_lib.Hooks(on_start=on_start, on_epoch=on_epoch, on_progress=on_progress)
-    with train_lib.GracefulStop() as stop:
+    with GracefulStop() as stop:
         summary, state = train_lib.train_and_evaluate(
             model, splits, train_config, workdir_path, hooks, should_stop=stop
         )

@@ -36,9 +36,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from lib import svm as svm_lib
-from lib.errors import UserError
-from lib.metrics import prepare_workdir, write_json
+from lib.core.errors import UserError
+from lib.core.metrics import prepare_workdir, write_json
+from lib.karpathy import svm as svm_lib
 
 FLAGS = flags.FLAGS
 
@@ -314,14 +314,11 @@ def toy(config: dict, say: Callable[..., None]) -> tuple[dict, dict]:
 
 def plot_boundaries(models: dict, path: Path) -> None:
     """Each toy model's score over the plane, its decision boundary and the points."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lib.core.plots import subplots
 
     xx, yy = np.meshgrid(*GRID)
     grid = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+    fig, axes = subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, (title, (score_fn, params)) in zip(axes[0], models.items(), strict=True):
         scores = np.asarray(score_fn(params, jnp.asarray(grid))).reshape(xx.shape)
         ax.contourf(xx, yy, scores > 0, levels=[-0.5, 0.5, 1.5], colors=["#f4c7c3", "#c6dafc"])
@@ -337,14 +334,13 @@ def plot_boundaries(models: dict, path: Path) -> None:
     fig.suptitle("Toy decision boundaries (solid: score 0, dotted: margins ±1)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # MNIST -------------------------------------------------------------------------------
 
 
 def mnist_svms(config: dict, workdir: Path, say: Callable[..., None]) -> dict:
-    from lib import data
+    from lib.core import data
 
     try:
         splits = data.mnist(train_size=config["mnist_train_size"])

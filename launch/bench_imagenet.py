@@ -5,7 +5,7 @@
     python -m launch.bench_imagenet --models=resnet18,resnet50 --batch_size=16 \\
         --image_size=64 --steps=3                             # CPU: small enough to finish
 
-Each model runs the experiment's train step (lib.imagenet_train: bfloat16 compute with
+Each model runs the experiment's train step (lib.imagenet.train: bfloat16 compute with
 float32 parameters, Nesterov SGD, label smoothing, weight decay) compiled over all devices
 with the batch sharded, the state replicated and donated, on one batch of random uint8
 images that already lives on the devices (normalised there, as in training), at each
@@ -30,10 +30,10 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 
 from experiments import common
-from lib import imagenet_train as it
-from lib import parallel
-from lib.nets import registry
-from lib.nets.registry import UnknownModelError
+from lib.core import parallel
+from lib.imagenet import train as it
+from lib.imagenet.nets import registry
+from lib.imagenet.nets.registry import UnknownModelError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", [], "Models to time (default: every registered model).")

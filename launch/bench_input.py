@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 
 from experiments import common
-from lib import input_pipeline
-from lib.data import DataError
+from lib.core.errors import DataError
+from lib.imagenet import input_pipeline
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist", "TFDS dataset name, or 'synthetic' for JPEGs in memory.")

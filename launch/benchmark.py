@@ -11,15 +11,15 @@ training steps `--repeats` times and keeps the fastest (other work on the machin
 only ever slows a timing down), with the epoch driver the run would use (lax.scan
 on accelerators, a host loop on CPU; `--driver` forces one). Seconds per epoch
 are for the rung's real epoch: 50,000 images, or 250,000 for the expanded set.
-An ensemble is timed in each of `--ensemble_layouts` (`lib.train.resolve_layout`);
+An ensemble is timed in each of `--ensemble_layouts` (`lib.nielsen.train.resolve_layout`);
 "vs 1 net" is its time per step over one net's, where that case is in the table.
 
-`--paths` times the CPU formulations of `lib.xla_cpu` side by side, each in a
+`--paths` times the CPU formulations of `lib.core.xla_cpu` side by side, each in a
 process of its own (XLA reads its flags once per process): "fast" (the default)
 and "reference", the formulation the project used before.
 
 GFLOP/s counts each example's training work as 3 x 2 x its forward multiply-adds
-(`lib.nets.mnist.forward_macs`; a forward pass, then the gradients with respect
+(`lib.nielsen.nets.forward_macs`; a forward pass, then the gradients with respect
 to activations and to weights, each about as costly) x examples per second. The
 machine's float32 peak is cores x clock x FLOPs per cycle per core, read off this
 machine: the cores this process may use, the clock /proc/cpuinfo reports, and
@@ -47,9 +47,9 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from lib import train, xla_cpu
-from lib.errors import UserError
-from lib.nets import mnist as nets
+from lib.core import xla_cpu
+from lib.core.errors import UserError
+from lib.nielsen import nets, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS[:-1]), "Rungs to time (the ensemble is --ensemble).")

@@ -19,7 +19,7 @@ import os
 import runpy
 import sys
 
-from lib.parallel import initialize_from_env
+from lib.core.parallel import initialize_from_env
 
 
 def join() -> None:

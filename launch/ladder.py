@@ -36,9 +36,9 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, mnist_convnet
-from lib import data, plots, train
-from lib.errors import UserError
-from lib.nets import mnist as nets
+from lib.core import data, plots
+from lib.core.errors import UserError
+from lib.nielsen import nets, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS), "Rungs to run, in order.")

@@ -15,7 +15,7 @@ Each process sees these environment variables (the contract with the module):
     XLA_FLAGS                 --xla_force_host_platform_device_count=D (appended)
     JAX_PLATFORMS             cpu (unless --platform says otherwise)
 
-and must call `lib.parallel.initialize_from_env()` (or the same call itself) before
+and must call `lib.core.parallel.initialize_from_env()` (or the same call itself) before
 touching any device; a module that does not can run under `launch.join_cluster`.
 Process 0's output goes to the terminal; the others' output goes to `--log_dir`
 (a temporary directory by default) and is shown if they fail.

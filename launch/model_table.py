@@ -7,7 +7,7 @@ Prints a markdown table. Parameters come from `jax.eval_shape` of `init` (nothin
 materialised); "GMACs (XLA)" from XLA's cost analysis of the compiled inference pass
 at batch 1 (flops / 2); "GMACs (layers)" counts conv and dense multiply-adds the way
 published tables do. XLA leaves out the multiply-adds over convolution padding, so
-its figure is a few percent lower; see `lib/nets/registry.py`. Compiling every model
+its figure is a few percent lower; see `lib/imagenet/nets/registry.py`. Compiling every model
 takes about a minute on two CPU cores.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 
 from experiments import common
-from lib.nets import registry
+from lib.imagenet.nets import registry
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", [], "Comma-separated model names (default: all registered).")

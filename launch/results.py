@@ -219,10 +219,7 @@ def _as_number(text: str) -> float | None:
 
 def plot(runs: Sequence[Run], flag_names: Sequence[str], metric: str, out_dir: str) -> list[str]:
     """One PNG per swept flag: each finished run's metric at its value of the flag."""
-    import matplotlib  # here, not at the top: it is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lib.core.plots import subplots  # here, not at the top: matplotlib is slow to import
 
     done = [r for r in runs if r.status == DONE and r.metric(metric) is not None]
     if not done:
@@ -232,7 +229,7 @@ def plot(runs: Sequence[Run], flag_names: Sequence[str], metric: str, out_dir: s
     for name in flag_names:
         texts = [r.flags.get(name, "") for r in done]
         numbers = [_as_number(t) for t in texts]
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, ax = subplots(figsize=(5, 3.5))
         ys = [r.metric(metric) for r in done]
         if all(n is not None for n in numbers):
             ax.scatter(numbers, ys, alpha=0.7)
@@ -253,7 +250,6 @@ def plot(runs: Sequence[Run], flag_names: Sequence[str], metric: str, out_dir: s
         fig.tight_layout()
         path = os.path.join(out_dir, f"{metric}_vs_{name}.png")
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
 

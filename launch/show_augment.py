@@ -1,4 +1,4 @@
-"""A picture of the training-data expansions of lib/augment.py applied to MNIST digits.
+"""A picture of the training-data expansions of lib/nielsen/augment.py applied to MNIST digits.
 
     python -m launch.show_augment --workdir runs/show_augment --seed 0
 
@@ -20,7 +20,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from lib import augment, data
+from lib.core import data
+from lib.nielsen import augment
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/show_augment", "Folder for augment.png.")
@@ -54,13 +55,10 @@ def expansions(key: jax.Array, images: jax.Array) -> list[tuple[str, jax.Array]]
 
 
 def plot(columns: list[tuple[str, jax.Array]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from lib.core.plots import subplots
 
     rows = columns[0][1].shape[0]
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows, len(columns), figsize=(1.15 * len(columns), 1.15 * rows + 0.5), squeeze=False
     )
     for col, (title, images) in enumerate(columns):
@@ -74,11 +72,10 @@ def plot(columns: list[tuple[str, jax.Array]], path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, col].set_title(title, fontsize=7)
-    fig.suptitle("Training-data expansions (lib/augment.py)", fontsize=9)
+    fig.suptitle("Training-data expansions (lib/nielsen/augment.py)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> None:

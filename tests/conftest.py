@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def mnist_small():
     """The first 2,000 training images, with the full validation and test sets."""
-    from lib import data
+    from lib.core import data
 
     return data.mnist(train_size=2000)
 

@@ -1,5 +1,5 @@
 """Trains rungs of the ladder for a few hundred steps and saves their parameters, so a
-test can compare the CPU paths of `lib.xla_cpu`, each of which a process fixes at start.
+test can compare the CPU paths of `lib.core.xla_cpu`, each of which a process fixes at start.
 
     python tests/cpu_path_worker.py OUT.npz conv2,relu,dropout STEPS
 """
@@ -20,8 +20,8 @@ def train_params(rung: str, steps: int, nudge: bool = False, **net) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from lib import data, train
-    from lib.nets import mnist as nets
+    from lib.core import data
+    from lib.nielsen import nets, train
 
     spec = nets.RUNGS[rung]
     model = nets.create(rung, **net)

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.parallel import initialize_from_env
+from lib.core.parallel import initialize_from_env
 
 STEPS = 4
 GLOBAL_BATCH = 32
@@ -40,7 +40,7 @@ def main(out_dir: str) -> None:
     import jax.numpy as jnp
     import numpy as np
 
-    from lib import parallel
+    from lib.core import parallel
 
     mesh = parallel.make_mesh()
     data_sharding = parallel.batch_sharding(mesh)

@@ -9,7 +9,7 @@ import pytest
 from commands import run_module
 
 from experiments import activations
-from lib import studies
+from lib.nielsen import studies
 
 ROOT = Path(__file__).resolve().parents[1]
 

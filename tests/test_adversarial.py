@@ -10,7 +10,7 @@ import optax
 import pytest
 from commands import run_module
 
-from lib import adversarial
+from lib.adversarial import attacks as adversarial
 
 
 def linear(params, x):

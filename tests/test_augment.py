@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import augment, data
+from lib.core import data
+from lib.nielsen import augment
 
 KEY = jax.random.key(0)
 OTHER_KEY = jax.random.key(1)

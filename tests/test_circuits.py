@@ -1,4 +1,4 @@
-"""Gates, backpropagation and gradient checks (lib/gates.py, experiments/circuits.py)."""
+"""Gates, backpropagation and gradient checks (lib/karpathy/gates.py, experiments/circuits.py)."""
 
 import json
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import circuits
-from lib import gates
+from lib.karpathy import gates
 
 # Points away from the max gate's tie, where it has no derivative.
 GATE_POINTS = [(-2.0, 3.0), (0.7, -1.3), (4.0, 4.5)]

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from lib import data
+from lib.core import data
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

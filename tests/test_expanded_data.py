@@ -8,9 +8,8 @@ import pytest
 from commands import run_module
 
 from experiments import expanded_data
-from lib import studies
-from lib import train as train_lib
-from lib.nets import mnist as nets
+from lib.nielsen import nets, studies
+from lib.nielsen import train as train_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 STRENGTHS = {"max_shift": 2, "max_degrees": 15.0, "max_skew": 0.3, "elastic_alpha": 34.0,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from commands import result, run_module
 
-from lib.checkpoint import Checkpointer
-from lib.errors import UserError
+from lib.core.checkpoint import Checkpointer
+from lib.core.errors import UserError
 
 TINY = ["--net=shallow", "--train_size=200", "--num_devices=1"]  # 20 steps per epoch
 

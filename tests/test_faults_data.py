@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from commands import run_module
 
-from lib import data
+from lib.core import data
 
 TEST_FILE = "mnist-test.array_record-00000-of-00001"
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 from commands import run_module
 
-from lib import metrics
+from lib.core import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--train_size=200", "--batch_size=20", "--num_devices=1"]
 TIMING = ("epoch_time_s", "examples_per_s")
 HOLD = (  # holds the workdir argv[1] until killed
     "import sys, time\n"
-    "from lib import metrics\n"
+    "from lib.core import metrics\n"
     "held = metrics.hold_workdir(sys.argv[1])\n"
     "held.__enter__()\n"
     "print('held', flush=True)\n"

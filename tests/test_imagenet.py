@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from commands import run_module
 
-from lib import imagenet_train as it
-from lib import parallel
-from lib.nets.resnet import BasicBlock, ResNet
+from lib.core import parallel
+from lib.imagenet import train as it
+from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
 ROOT = Path(__file__).resolve().parents[1]
 # resnet_tiny on 2,048 MNIST images at 32x32: 64 steps per epoch, about 20 s on two cores.

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib import input_pipeline as ip
-from lib.data import DataError
+from lib.core.errors import DataError
+from lib.imagenet import input_pipeline as ip
 
 SIZE = 32
 BATCH = 16

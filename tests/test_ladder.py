@@ -9,8 +9,8 @@ import pytest
 from commands import ROOT, run_module
 
 from launch import ladder
-from lib import data
-from lib.nets import mnist as nets
+from lib.core import data
+from lib.nielsen import nets
 
 
 def fake_run(folder: Path, accuracy: float, predictions=None, split="book", wall=60.0):

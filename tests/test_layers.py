@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib import layers, train
-from lib.nets import mnist as nets
+from lib.core.metrics import count_params
+from lib.nielsen import layers, nets, train
 
 
 def init(module, x, *args, seed=0):
@@ -58,7 +58,7 @@ def test_ladder_parameter_counts(name, count):
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 28, 28, 1)))["params"]
     )
-    assert train.count_params(shapes) == count
+    assert count_params(shapes) == count
 
 
 def test_dropout_train_and_test_semantics():

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from commands import result, run_module
 
-from lib import parallel, train
-from lib.nets import mnist as nets
+from lib.core import parallel
+from lib.nielsen import nets, train
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1"]

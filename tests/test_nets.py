@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lib.nets import registry
-from lib.nets.common import adaptive_avg_pool, local_response_norm, max_pool_ceil
+from lib.imagenet.nets import registry
+from lib.imagenet.nets.common import adaptive_avg_pool, local_response_norm, max_pool_ceil
 
 NUM_CLASSES = 10
 

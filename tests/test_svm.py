@@ -1,4 +1,4 @@
-"""The toy SVMs, the 2-layer net and the MNIST SVMs (lib/svm.py, experiments/svm.py)."""
+"""The toy SVMs, the 2-layer net and the MNIST SVMs (lib/karpathy/svm.py, experiments/svm.py)."""
 
 import json
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import svm as svm_experiment
-from lib import svm
+from lib.karpathy import svm
 
 
 @pytest.fixture(autouse=True)
@@ -86,7 +86,7 @@ def test_random_fourier_features_approximate_the_rbf_kernel():
 def test_mnist_linear_svm_quick_run_passes_87_percent():
     """5,000 training images, 3 epochs: at least 87% on validation and test (about 89%)."""
     with jax.enable_x64(False):
-        from lib import data
+        from lib.core import data
 
         splits = data.mnist(train_size=5000)
         rows = [(s.images.reshape(len(s), -1), s.labels) for s in splits]

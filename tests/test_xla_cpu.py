@@ -1,4 +1,4 @@
-"""The CPU paths of lib.xla_cpu: the flags they set, and that the fast path trains the
+"""The CPU paths of lib.core.xla_cpu: the flags they set, and that the fast path trains the
 book's nets to the same parameters as the reference formulation."""
 
 import os
@@ -12,7 +12,8 @@ import pytest
 from commands import ROOT
 from cpu_path_worker import train_params
 
-from lib import layers, xla_cpu
+from lib.core import xla_cpu
+from lib.nielsen import layers
 
 
 def test_configure_adds_the_fast_flags_and_keeps_the_users():

@@ -1,15 +1,20 @@
-"""Figures written as PNG files (matplotlib, no display needed)."""
+"""Figures written as PNG files. They are drawn on bare `matplotlib.figure.Figure`s, never
+through pyplot, so importing this leaves matplotlib's backend alone (a notebook keeps its
+inline plots) and no figure is left open."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
+
+
+def subplots(nrows: int = 1, ncols: int = 1, figsize=None, **kwargs):
+    """(figure, axes) as `pyplot.subplots` gives them, on a Figure pyplot does not track."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def accuracy_curves(
@@ -17,7 +22,7 @@ def accuracy_curves(
 ) -> None:
     """Validation (and training) accuracy per epoch; test accuracy where it was scored."""
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = subplots(figsize=(7, 4.2))
     ax.plot(epochs, [100 * h["val_accuracy"] for h in history], "-o", ms=3, label="validation")
     if all("train_accuracy" in h for h in history):
         ax.plot(
@@ -47,7 +52,6 @@ def accuracy_curves(
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def filter_grid(kernel: np.ndarray, path: str | Path, title: str = "") -> None:
@@ -60,7 +64,7 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str = "") -> None:
     n = filters.shape[0]
     cols = min(10, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4))
+    fig, axes = subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4))
     for i, ax in enumerate(np.atleast_1d(axes).ravel()):
         ax.set_axis_off()
         if i < n:
@@ -69,13 +73,12 @@ def filter_grid(kernel: np.ndarray, path: str | Path, title: str = "") -> None:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     """The chapter-6 table as a figure: per rung the book's accuracy, each seed's, and
     their mean (rows as `launch.ladder.collect` makes them: net, book, test in [0, 1])."""
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = subplots(figsize=(8, 4.2))
     names = [r["net"] for r in rows]
     for i, r in enumerate(rows):
         ax.plot([i - 0.3, i + 0.3], [r["book"]] * 2, color="grey", lw=2, label="book")
@@ -97,7 +100,6 @@ def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     ax.legend(unique.values(), unique.keys(), loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _digit(ax, image: np.ndarray, title: str = "", cmap: str = "gray_r", low: float = 0.0) -> None:
@@ -114,7 +116,7 @@ def adversarial_examples(
     adversarial images with the net's label, and Szegedy's minimum-distortion images."""
     clean, adv = shown["clean"], shown["adversarial"]
     n = len(clean)
-    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 6.0), squeeze=False)
+    fig, axes = subplots(4, n, figsize=(1.3 * n, 6.0), squeeze=False)
     for i in range(n):
         perturbation = adv[i] - clean[i]
         scale = max(float(np.abs(perturbation).max()), 1e-12)
@@ -125,15 +127,13 @@ def adversarial_examples(
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def image_row(images: np.ndarray, titles: Sequence[str], path: str | Path, title: str = "") -> None:
     """Images side by side, each with its title."""
-    fig, axes = plt.subplots(1, len(images), figsize=(1.3 * len(images), 1.9), squeeze=False)
+    fig, axes = subplots(1, len(images), figsize=(1.3 * len(images), 1.9), squeeze=False)
     for ax, image, label in zip(axes[0], images, titles, strict=True):
         _digit(ax, image, label)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

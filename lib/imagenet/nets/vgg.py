@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lib.nets.common import Dtype, adaptive_avg_pool, as_logits, batch_norm, he_normal
+from lib.imagenet.nets.common import Dtype, adaptive_avg_pool, as_logits, batch_norm, he_normal
 
 # Convolution widths per stage; every stage ends with a 2x2 max pool (table 1).
 VGG11_STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -31,7 +31,7 @@ VGG19_STAGES = ((64, 64), (128, 128), (256,) * 4, (512,) * 4, (512,) * 4)
 class VGG(nn.Module):
     """VGG with the convolution widths `stages`, optionally with batch norm.
 
-    `bn_axis_name`: see `lib.nets.common` (None under jit with a sharded batch).
+    `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
     stages: Sequence[Sequence[int]]

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lib.nets.alexnet import AlexNet, AlexNetKSH
-from lib.nets.inception import GoogLeNet, GoogLeNetWithAux, InceptionV3, InceptionV3NoAux
-from lib.nets.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
-from lib.nets.vgg import VGG11, VGG11BN, VGG13, VGG13BN, VGG16, VGG16BN, VGG19, VGG19BN
-from lib.nets.xception import Xception
+from lib.imagenet.nets.alexnet import AlexNet, AlexNetKSH
+from lib.imagenet.nets.inception import GoogLeNet, GoogLeNetWithAux, InceptionV3, InceptionV3NoAux
+from lib.imagenet.nets.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
+from lib.imagenet.nets.vgg import VGG11, VGG11BN, VGG13, VGG13BN, VGG16, VGG16BN, VGG19, VGG19BN
+from lib.imagenet.nets.xception import Xception
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": AlexNet,

@@ -19,7 +19,7 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lib.nets.common import Dtype, ModuleDef, as_logits, batch_norm, he_normal
+from lib.imagenet.nets.common import Dtype, ModuleDef, as_logits, batch_norm, he_normal
 
 
 class SeparableConv(nn.Module):
@@ -88,7 +88,7 @@ class XceptionBlock(nn.Module):
 class Xception(nn.Module):
     """Xception (figure 5 of Chollet 2016). Smallest input: 71x71.
 
-    `bn_axis_name`: see `lib.nets.common` (None under jit with a sharded batch).
+    `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
     num_classes: int = 1000

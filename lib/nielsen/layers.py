@@ -64,11 +64,11 @@ def resolve_pool(impl: str) -> str:
     """ "window" is XLA's `reduce_window` max and its `select_and_scatter` gradient;
     "mask" is a reshape max whose gradient is an element-wise mask, the same numbers
     computed about four times faster by XLA's CPU backend. "auto": mask on CPU (unless
-    `lib.xla_cpu` runs the reference path), window on accelerators."""
+    `lib.core.xla_cpu` runs the reference path), window on accelerators."""
     if impl not in POOLS:
         raise ValueError(f"unknown pooling '{impl}'; choose from {', '.join(POOLS)}")
     if impl == "auto":
-        from lib import xla_cpu
+        from lib.core import xla_cpu
 
         fast_cpu = jax.default_backend() == "cpu" and xla_cpu.path() == "fast"
         return "mask" if fast_cpu else "window"

@@ -34,7 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 CHECKSUM_KEY = "_sha256"  # in the saved record: the checksum of the state and the record
 

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lib import gates
-from lib.gates import Node
+from lib.karpathy import gates
+from lib.karpathy.gates import Node
 
 Params = dict[str, Any]
 

@@ -28,7 +28,13 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lib.nets.common import Dtype, adaptive_avg_pool, as_logits, he_normal, local_response_norm
+from lib.imagenet.nets.common import (
+    Dtype,
+    adaptive_avg_pool,
+    as_logits,
+    he_normal,
+    local_response_norm,
+)
 
 
 class AlexNet(nn.Module):

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 
 def _jsonable(value: Any) -> Any:
@@ -232,3 +232,8 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def count_params(params: Any) -> int:
+    """Scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
+    return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -16,7 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -76,7 +76,7 @@ def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> 
     With `batch_size` given and `num_devices` not, the mesh takes the largest number
     of devices that divides the batch, so the book's batch of 10 still runs on a
     machine with eight accelerators (on two of them). A single process's CPU devices
-    are its cores (`lib.xla_cpu`): XLA runs a batch split over them slower than on
+    are its cores (`lib.core.xla_cpu`): XLA runs a batch split over them slower than on
     one, so by default they serve whole nets instead (`train.resolve_layout`).
     """
     devices = jax.devices()

@@ -23,7 +23,7 @@ along the `data` axis and the state replicated. Batch norm takes its mean and va
 `jnp.mean` over the batch axis of the *global* array, so XLA inserts the cross-device
 reduction itself and every device normalises with the statistics of the whole global
 batch: the same numbers one device computes for that batch. The models therefore run with
-`bn_axis_name=None` (see `lib.nets.common`); tests/test_imagenet.py checks that eight
+`bn_axis_name=None` (see `lib.imagenet.nets.common`); tests/test_imagenet.py checks that eight
 devices give one device's batch statistics and parameters.
 """
 
@@ -37,14 +37,13 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from lib import parallel
-from lib.input_pipeline import IMAGENET_MEAN, IMAGENET_STD
-from lib.nets import registry
-from lib.nets.resnet import BasicBlock, ResNet
+from lib.core import parallel
+from lib.imagenet.input_pipeline import IMAGENET_MEAN, IMAGENET_STD
+from lib.imagenet.nets import registry
+from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -114,10 +113,6 @@ def default_resolution(name: str) -> int:
 
 def min_resolution(name: str) -> int:
     return registry.MIN_RESOLUTION.get(name, 32)
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 # ----------------------------------------------------------------------------- optimiser

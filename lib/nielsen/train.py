@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import signal
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -31,20 +30,13 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from lib import parallel
-from lib.data import Split, Splits
-from lib.errors import UserError
+from lib.core import parallel
+from lib.core.data import Split, Splits
+from lib.core.errors import ConfigError, DivergedError
+from lib.core.metrics import count_params
 
 Batch = tuple[jax.Array, jax.Array]
 BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
-
-
-class ConfigError(UserError, ValueError):
-    """A training setting that cannot work; the message says which and why."""
-
-
-class DivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
 
 
 class TrainState(NamedTuple):
@@ -66,7 +58,7 @@ class TrainConfig:
     ensemble: int = 1  # K nets as one program; member m trains as seed + m would
     ensemble_layout: str = "auto"  # "vmap", "unrolled", or "auto" (see ensemble_step)
     expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
-    augment: Any = None  # a lib.augment.AugmentConfig applied to every training batch
+    augment: Any = None  # a lib.nielsen.augment.AugmentConfig applied to every training batch
     eval_batch_size: int = 1000
     driver: str = "auto"  # "scan", "loop", or "auto" (scan on accelerators, loop on CPU)
     num_devices: int | None = None
@@ -121,7 +113,7 @@ def resolve_layout(layout: str, data_parallel: bool = False) -> str:
     one program (convolutions become grouped ones); "unrolled" traces one copy of the
     step per member into one program; "devices" gives each member a program of its own
     on device m % n, dispatched side by side, so on a CPU with one JAX device per core
-    (`lib.xla_cpu`) two nets train in about the time of one. "auto": devices on a CPU
+    (`lib.core.xla_cpu`) two nets train in about the time of one. "auto": devices on a CPU
     with several devices, unrolled on one, vmap on accelerators. A batch sharded over
     the devices (`data_parallel`) leaves none to spare: auto then picks unrolled on CPU.
     """
@@ -209,7 +201,7 @@ def make_batch_fn(expanded: bool = False, augment: Any = None) -> BatchFn:
     """Gather a mini-batch by index, from the book's expanded set if asked, then augment."""
     if not expanded and augment is None:
         return gather_batch
-    from lib import augment as aug
+    from lib.nielsen import augment as aug
 
     def batch_fn(data, idx, key):
         if expanded:
@@ -313,10 +305,6 @@ def run_keys(seed: int, members: int = 1) -> tuple[jax.Array, jax.Array, jax.Arr
 def current_step(state: TrainState) -> int:
     """The state's step; every member of an ensemble has taken the same number."""
     return int(np.asarray(state.step).reshape(-1)[0])
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
 
 
 def epoch_indices(key: jax.Array, epoch: int, n: int, batch_size: int) -> jax.Array:
@@ -530,33 +518,6 @@ def accuracies(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 1
 # ----------------------------------------------------------------------------- the run
 
 
-class GracefulStop:
-    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals stay as they were
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-
 def set_hyperparams(state: TrainState, config: TrainConfig) -> TrainState:
     """The state with the learning rate and momentum of `config` in its optimizer state."""
     hyperparams = dict(state.opt_state.hyperparams)
@@ -641,8 +602,8 @@ def train_and_evaluate(
     run early. Raises DivergedError on a non-finite loss, before saving, and UserError
     when no checkpoint there is intact or the disk fills up while saving one.
     """
-    from lib.checkpoint import Checkpointer
-    from lib.metrics import MetricsWriter
+    from lib.core.checkpoint import Checkpointer
+    from lib.core.metrics import MetricsWriter
 
     hooks = hooks or Hooks()
     workdir = Path(workdir)

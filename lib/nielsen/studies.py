@@ -22,17 +22,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 from flax import linen as nn
-
-from lib import train
-from lib.data import Splits
-from lib.metrics import read_jsonl, write_json
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
+
+from lib.core.data import Splits
+from lib.core.metrics import read_jsonl, write_json
+from lib.core.plots import subplots
+from lib.nielsen import train
 
 
 class VariantResult(NamedTuple):
@@ -213,7 +210,6 @@ def _finish(fig, ax, path: str | Path, title: str, legend_loc: str = "lower righ
     ax.legend(loc=legend_loc, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def seed_bands(
@@ -230,7 +226,7 @@ def seed_bands(
     series = [(label, 100 * np.asarray(curves)) for label, curves in series if curves.size]
     if not series:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = subplots(1, 2, figsize=(12, 4.6))
     finals = [acc.mean(0)[-1] for _, acc in series]
     high = max(float(acc.max()) for _, acc in series)
     low = min(float(acc.min()) for _, acc in series)
@@ -261,7 +257,6 @@ def seed_bands(
     rows = -(-len(labels) // 3)
     fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def accuracy_vs_size(
@@ -276,7 +271,7 @@ def accuracy_vs_size(
     `series` holds (label, sizes, accuracies) with one list of per-seed accuracies
     (in [0, 1]) per size.
     """
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = subplots(figsize=(7.5, 4.5))
     low, high = 100.0, 0.0
     for label, sizes, accs in series:
         if not sizes:

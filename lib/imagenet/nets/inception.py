@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lib.nets.common import (
+from lib.imagenet.nets.common import (
     ConvBN,
     Dtype,
     ModuleDef,
@@ -105,7 +105,7 @@ GOOGLENET_BLOCKS = {
 class GoogLeNet(nn.Module):
     """GoogLeNet (table 1 of Szegedy et al. 2014), batch-normalised as torchvision's.
 
-    `bn_axis_name`: see `lib.nets.common` (None under jit with a sharded batch).
+    `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
     num_classes: int = 1000
@@ -293,7 +293,7 @@ class InceptionV3(nn.Module):
     """Inception v3 (table 1 of Szegedy et al. 2015) at torchvision's layer widths.
 
     Smallest input: 75x75 without the auxiliary head (the head needs about 299x299).
-    `bn_axis_name`: see `lib.nets.common` (None under jit with a sharded batch).
+    `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
     num_classes: int = 1000

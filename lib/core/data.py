@@ -17,11 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lib.errors import UserError
-
-
-class DataError(UserError):
-    """A dataset that cannot be found, prepared or read; the message says what to do."""
+from lib.core.errors import DataError
 
 
 class Split(NamedTuple):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from lib.layers import ConvPool, FullyConnected, Softmax
+from lib.nielsen.layers import ConvPool, FullyConnected, Softmax
 
 
 class BookNet(nn.Module):
@@ -26,7 +26,7 @@ class BookNet(nn.Module):
     dropout: float = 0.0
     weight_init: str = "book"
     num_classes: int = 10
-    pool: str = "auto"  # lib.layers.resolve_pool: the computation, not the result
+    pool: str = "auto"  # lib.nielsen.layers.resolve_pool: the computation, not the result
     dtype: jnp.dtype | None = None
 
     @nn.compact

@@ -9,7 +9,7 @@ the environment already sets them (a flag given by the user always wins):
   than XLA's own CPU kernels (`python -m launch.benchmark --paths=fast,reference`).
 - `--xla_force_host_platform_device_count=<cores>` makes each core a JAX device, so
   several nets (an ensemble's members, a study's seeds) run one per core at once
-  (`lib.train.resolve_layout`'s "devices" layout); one net's batch stays on one device.
+  (`lib.nielsen.train.resolve_layout`'s "devices" layout); one net's batch stays on one device.
 
 `CLASSIC_NETS_CPU_PATH=reference` keeps XLA's defaults and the `reduce_window`
 max-pool: the formulation the project used before, kept so the comparison can be

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from lib.nets.common import ConvBN, Dtype, ModuleDef, as_logits, batch_norm, he_normal
+from lib.imagenet.nets.common import ConvBN, Dtype, ModuleDef, as_logits, batch_norm, he_normal
 
 
 class BasicBlock(nn.Module):
@@ -71,7 +71,7 @@ def _shortcut(
 class ResNet(nn.Module):
     """ResNet with `stage_sizes` blocks per stage (64, 128, 256, 512 base widths).
 
-    `bn_axis_name`: see `lib.nets.common` (None under jit with a sharded batch).
+    `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
     stage_sizes: Sequence[int]

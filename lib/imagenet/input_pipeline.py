@@ -38,7 +38,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from lib.data import DataError
+from lib.core.errors import DataError
 
 # ImageNet channel statistics of pixel values in [0, 1] (RGB), the usual constants.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

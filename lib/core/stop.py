@@ -1,0 +1,32 @@
+"""Stopping a run cleanly: a signal asks it to save a checkpoint and end."""
+
+from __future__ import annotations
+
+import signal
+
+
+class GracefulStop:
+    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they were
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
