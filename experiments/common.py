@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -12,7 +10,17 @@ from pathlib import Path
 from absl import flags, logging
 
 from lib.core import metrics
-from lib.core.errors import ConfigError, DivergedError, UserError
+
+# Ranges are lib.core.config's; the experiments name them through this module.
+from lib.core.config import (  # noqa: F401
+    AT_LEAST_1,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    check_values,
+)
+from lib.core.errors import DivergedError, UserError
 from lib.nielsen.train import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
@@ -25,44 +33,6 @@ PROGRAM_DEFAULTS = {"driver": "auto", "ensemble_layout": "auto", "eval_batch_siz
                     "num_devices": None}  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """The values a numeric setting may take: low and high bounds, each closed unless
-    said open. NaN and infinities are never in range; None (a setting left to its
-    default) always is."""
-
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-    open_high: bool = False
-
-    def __contains__(self, value: float | None) -> bool:
-        if value is None:
-            return True
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            return False
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.open_high else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.open_low else '>='} {self.low:g}"
-        if self.low is None:
-            return f"{'<' if self.open_high else '<='} {self.high:g}"
-        left, right = "(" if self.open_low else "[", ")" if self.open_high else "]"
-        return f"in {left}{self.low:g}, {self.high:g}{right}"
-
-
-AT_LEAST_1 = Range(1)
-POSITIVE = Range(0, open_low=True)
-NON_NEGATIVE = Range(0)
-FRACTION = Range(0, 1, open_high=True)  # a rate or a momentum: 0 allowed, 1 not
-
 # The program flags' ranges; each experiment checks them with its own (check_ranges).
 PROGRAM_RANGES = {"eval_batch_size": AT_LEAST_1, "num_devices": AT_LEAST_1}
 
@@ -70,15 +40,7 @@ PROGRAM_RANGES = {"eval_batch_size": AT_LEAST_1, "num_devices": AT_LEAST_1}
 def check_ranges(config: Mapping, ranges: Mapping[str, Range]) -> None:
     """ConfigError naming every setting of `config` outside its range (a list's values are
     checked one by one), before a run does any work or writes any file."""
-    bad = []
-    for name, allowed in ranges.items():
-        value = config.get(name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if not values or any(v not in allowed for v in values):
-            shown = ",".join(map(str, values)) if isinstance(value, (list, tuple)) else value
-            bad.append(f"--{name}={shown} must be {allowed}")
-    if bad:
-        raise ConfigError("; ".join(bad))
+    check_values(config, ranges, prefix="--")
 
 
 def define_program_flags() -> None:

@@ -6,6 +6,7 @@ import pytest
 from commands import run_module
 
 from experiments import common
+from lib.core.errors import ConfigError
 
 
 def test_ranges_hold_what_they_say():
@@ -22,7 +23,7 @@ def test_every_bad_setting_is_named_at_once():
     config = {"dropout": 1.5, "epochs": 0, "eps": [0.1, 2.0], "l2": 0.0}
     ranges = {"dropout": common.FRACTION, "epochs": common.AT_LEAST_1, "l2": common.NON_NEGATIVE}
     ranges["eps"] = common.Range(0, 1, open_low=True)
-    with pytest.raises(common.ConfigError) as raised:
+    with pytest.raises(ConfigError) as raised:
         common.check_ranges(config, ranges)
     assert str(raised.value) == (
         "--dropout=1.5 must be in [0, 1); --epochs=0 must be >= 1; --eps=0.1,2.0 must be in (0, 1]"

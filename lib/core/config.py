@@ -125,15 +125,21 @@ def check(
 ) -> None:
     """ConfigError naming every field of `config` outside its declared values (a list's
     values one by one), for a run to call before it does any work or writes any file."""
+    check_values(config, {s.name: s.valid for s in settings if s.valid is not None}, prefix)
+
+
+def check_values(
+    config: Mapping[str, Any], valid: Mapping[str, Range | OneOf], prefix: str
+) -> None:
+    """ConfigError naming, as `<prefix><name>=<value> must be ...`, every value of `config`
+    outside `valid[name]`; a missing value counts as None, which every range admits."""
     bad = []
-    for s in settings:
-        if s.valid is None or s.name not in config:
-            continue
-        value = config[s.name]
+    for name, allowed in valid.items():
+        value = config.get(name)
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if not values or any(v not in s.valid for v in values):
+        if not values or any(v not in allowed for v in values):
             shown = ",".join(map(str, values)) if isinstance(value, (list, tuple)) else value
-            bad.append(f"{prefix}{s.name}={shown} must be {s.valid}")
+            bad.append(f"{prefix}{name}={shown} must be {allowed}")
     if bad:
         raise ConfigError("; ".join(bad))
 
