@@ -62,6 +62,11 @@ flags.DEFINE_integer("steps", None, "Steps to time; default 2,000 on accelerator
 flags.DEFINE_integer("repeats", 3, "Time the steps this many times and keep the fastest.")
 flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
 flags.DEFINE_list(
+    "steps_per_call",
+    ["auto"],
+    "Steps per call of the host loop to time (whole numbers), or auto: what a run uses.",
+)
+flags.DEFINE_list(
     "paths", [], f"CPU formulations to time, of {', '.join(xla_cpu.PATHS)}; default: this one."
 )
 flags.DEFINE_float("peak_gflops", None, "The device's float32 peak; default: read off the CPU.")
@@ -94,7 +99,14 @@ def cpu_peak_gflops() -> tuple[float, str] | None:
 
 
 def time_case(
-    name: str, batch_size: int, members: int, layout: str, steps: int, driver: str, repeats: int = 1
+    name: str,
+    batch_size: int,
+    members: int,
+    layout: str,
+    steps: int,
+    driver: str,
+    repeats: int = 1,
+    steps_per_call: int | None = None,
 ) -> dict:
     """One case's speed: the fastest of `repeats` timings of `steps` steps."""
     rung = nets.RUNGS[name]
@@ -106,7 +118,9 @@ def time_case(
     step = train.make_train_step(
         model, optimizer, 0.5 * rung.l2 / steps_per_epoch, train.make_batch_fn(rung.expanded)
     )
-    runner = train.make_runner(step, members, layout, driver)
+    if steps_per_call is None:
+        steps_per_call = train.steps_per_call(driver, steps_per_epoch)
+    runner = train.make_runner(step, members, layout, driver, steps_per_call)
     rng = np.random.default_rng(0)
     data = {
         "images": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)),
@@ -133,6 +147,7 @@ def time_case(
         "members": members,
         "layout": train.resolve_layout(layout) if members > 1 else "-",
         "driver": runner.driver,
+        "steps_per_call": runner.steps_per_call,
         "ms_per_step": 1e3 * per_step,
         "examples_per_s": examples_per_s,
         "gflops": examples_per_s * 6 * nets.forward_macs(model) / 1e9,
@@ -170,6 +185,21 @@ def check_flags() -> None:
         raise UserError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
     positive_ints("batch_sizes")
     positive_ints("ensemble")
+    blocks()
+
+
+def blocks() -> list[int | None]:
+    """--steps_per_call as whole numbers, None for auto."""
+    if FLAGS.steps_per_call == ["auto"]:
+        return [None]
+    try:
+        values = [int(v) for v in FLAGS.steps_per_call]
+    except ValueError:
+        got = ",".join(FLAGS.steps_per_call)
+        raise UserError(f"--steps_per_call takes auto or whole numbers, got {got}") from None
+    if not values or min(values) < 1:
+        raise UserError("--steps_per_call takes auto or whole numbers of at least 1")
+    return values
 
 
 def cases_here(steps: int) -> Iterator[dict]:
@@ -177,9 +207,10 @@ def cases_here(steps: int) -> Iterator[dict]:
         for batch in positive_ints("batch_sizes"):
             for members in positive_ints("ensemble"):
                 for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
-                    yield time_case(
-                        name, batch, members, layout, steps, FLAGS.driver, FLAGS.repeats
-                    )
+                    for block in blocks():
+                        yield time_case(
+                            name, batch, members, layout, steps, FLAGS.driver, FLAGS.repeats, block
+                        )
 
 
 def cases_in_process(path: str) -> list[dict]:
@@ -243,19 +274,21 @@ def print_table(rows: Iterable[dict]) -> None:
     peak = peak_gflops()
     one: dict[tuple, float] = {}
     print(
-        "| path | net | batch | nets | layout | driver | ms/step | vs 1 net | examples/s "
-        "| GFLOP/s | % of peak | epoch | s/epoch |"
+        "| path | net | batch | nets | layout | driver | steps/call | ms/step | vs 1 net "
+        "| examples/s | GFLOP/s | % of peak | epoch | s/epoch |"
     )
-    print("| --- | --- |" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 7)
+    print("| --- | --- |" + " ---: |" * 2 + " --- |" * 2 + " ---: |" * 8)
     for r in rows:
+        case = (r["path"], r["net"], r["batch"], r.get("steps_per_call", 1))
         if r["members"] == 1:
-            one[(r["path"], r["net"], r["batch"])] = r["ms_per_step"]
-        single = one.get((r["path"], r["net"], r["batch"]))
+            one[case] = r["ms_per_step"]
+        single = one.get(case)
         ratio = f"{r['ms_per_step'] / single:.2f}x" if single and r["members"] > 1 else "-"
         share = f"{100 * r['gflops'] / peak[0]:.1f}" if peak else "-"
         print(
             f"| {r['path']} | {r['net']} | {r['batch']} | {r['members']} | {r['layout']} "
-            f"| {r['driver']} | {r['ms_per_step']:.3f} | {ratio} | {r['examples_per_s']:,.0f} "
+            f"| {r['driver']} | {r.get('steps_per_call', 1)} | {r['ms_per_step']:.3f} | {ratio} "
+            f"| {r['examples_per_s']:,.0f} "
             f"| {r['gflops']:.1f} | {share} | {r['epoch_examples']:,} | {r['s_per_epoch']:.2f} |",
             flush=True,
         )

@@ -18,21 +18,23 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         "--ensemble=1,2",
         "--ensemble_layouts=vmap,devices",
         "--paths=fast,reference",
+        "--steps_per_call=1,5",
         "--steps=5",
         "--repeats=1",
     )
     assert done.returncode == 0, done.stderr
     assert "peak" in done.stdout and "GFLOP/s" in done.stdout
     rows = table_rows(done.stdout)
-    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
-        (path, "shallow", members, layout)
+    assert [(r[0], r[1], r[3], r[4], r[6]) for r in rows] == [
+        (path, "shallow", members, layout, block)
         for path in ("fast", "reference")
         for members, layout in (("1", "-"), ("2", "vmap"), ("2", "devices"))
+        for block in ("1", "5")
     ]
     for row in rows:
-        assert float(row[6]) > 0 and float(row[12]) > 0  # ms/step, s/epoch
-        assert float(row[9]) > 0 and float(row[10]) > 0  # GFLOP/s, % of peak
-        assert row[7] == "-" if row[3] == "1" else row[7].endswith("x")  # vs 1 net
+        assert float(row[7]) > 0 and float(row[13]) > 0  # ms/step, s/epoch
+        assert float(row[10]) > 0 and float(row[11]) > 0  # GFLOP/s, % of peak
+        assert row[8] == "-" if row[3] == "1" else row[8].endswith("x")  # vs 1 net
 
 
 @pytest.mark.parametrize(
@@ -42,6 +44,7 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         ("--steps=-1", "--steps must be at least 1"),
         ("--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
         ("--paths=fastest", "unknown path 'fastest'"),
+        ("--steps_per_call=0", "--steps_per_call takes auto or whole numbers of at least 1"),
     ],
 )
 def test_benchmark_refuses_bad_input_in_one_line(flag, message):

@@ -230,3 +230,32 @@ def test_missing_dataset_says_how_to_point_tfds(tmp_path):
     done = cli("--epochs=1", f"--workdir={tmp_path / 'run'}", env=env)
     assert done.returncode == 1
     assert "TFDS_DATA_DIR" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("rung", ["relu", "dropout"])
+def test_blocks_of_steps_per_call_train_exactly_as_single_steps(rung, mnist_small):
+    """A host-loop call of 5 unrolled steps, 23 steps in all (4 blocks and 3 single steps),
+    ends with the same parameters, bit for bit, as 23 calls of one step, dropout masks
+    and the expanded set included. (The losses it reports, a sum XLA may order otherwise
+    inside the larger program, agree to float32 rounding.)"""
+    spec = nets.RUNGS[rung]
+    model = nets.create(rung)
+    optimizer = train.make_optimizer("sgd", spec.learning_rate)
+    step = train.make_train_step(
+        model, optimizer, 0.5 * spec.l2 / 100, train.make_batch_fn(spec.expanded)
+    )
+    init_key, shuffle_key, step_key = train.run_keys(0)
+    images = mnist_small.train
+    data = {"images": jnp.asarray(images.images), "labels": jnp.asarray(images.labels)}
+    idx = train.epoch_indices(shuffle_key, 0, 5 * len(images) if spec.expanded else len(images), 10)
+    finals = []
+    for block in (1, 5):
+        state = train.init_state(model, optimizer, init_key, data["images"][:1])
+        runner = train.EpochRunner(step, "loop", check_every=10, steps_per_call=block)
+        state, metrics = runner(state, data, idx[:23], step_key)
+        assert metrics["loss"].shape == (23,) and int(state.step) == 23
+        finals.append((jax.device_get(state.params), metrics["loss"]))
+    (params, losses), (blocked_params, blocked_losses) = finals
+    for one, blocked in zip(jax.tree.leaves(params), jax.tree.leaves(blocked_params), strict=True):
+        np.testing.assert_array_equal(one, blocked)
+    np.testing.assert_allclose(losses, blocked_losses, rtol=1e-6)

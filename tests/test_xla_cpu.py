@@ -71,6 +71,7 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
     place (times 3, for the spread of such distances): what float32 rounding alone does.
     """
     assert xla_cpu.path() == "fast" and layers.resolve_pool("auto") == "mask"
+    assert layers.resolve_conv("auto") == "patches"
     cases = {"conv2": 300, "relu": 40, "dropout": 40}
     out = tmp_path / "reference"
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f]
@@ -99,3 +100,24 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
         assert moved > 1.0, f"{rung} hardly trained"
         assert 0 < rounding < moved
         assert apart < 3 * rounding, f"{rung}: paths {apart:.3g} apart, rounding {rounding:.3g}"
+
+
+@pytest.mark.parametrize("shape", [(3, 28, 28, 1, 20), (4, 12, 12, 20, 40), (2, 9, 7, 3, 2)])
+def test_patches_convolution_matches_xla_and_its_gradients(shape):
+    """The patches formulation is XLA's forward convolution with its two gradients written
+    as matrix products: both gradients agree with XLA's to float32 rounding, for the
+    one-channel first layer (its own kernel gradient), the second layer and a ragged shape."""
+    b, h, w, c, f = shape
+    x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, c))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (5, 5, c, f))
+    g = jax.random.normal(jax.random.PRNGKey(2), (b, h - 4, w - 4, f))
+
+    def grads(impl):
+        y, vjp = jax.vjp(lambda x, k: layers.conv_valid(x, k, impl), x, kernel)
+        return (y, *vjp(g))
+
+    for ours, xla in zip(grads("patches"), grads("xla"), strict=True):
+        scale = float(jnp.abs(xla).max())
+        np.testing.assert_allclose(ours, xla, rtol=0, atol=2e-6 * scale)
+    with pytest.raises(ValueError, match="choose from auto, xla, patches"):
+        layers.resolve_conv("im2col")

@@ -29,6 +29,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 INITS = ("book", "sqrt_n_in")
 POOLS = ("auto", "window", "mask")
+CONVS = ("auto", "xla", "patches")
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -60,6 +61,12 @@ def book_dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> j
     return jnp.where(keep, x, 0.0)
 
 
+def _fast_cpu() -> bool:
+    from lib.core import xla_cpu
+
+    return jax.default_backend() == "cpu" and xla_cpu.path() == "fast"
+
+
 def resolve_pool(impl: str) -> str:
     """ "window" is XLA's `reduce_window` max and its `select_and_scatter` gradient;
     "mask" is a reshape max whose gradient is an element-wise mask, the same numbers
@@ -68,11 +75,75 @@ def resolve_pool(impl: str) -> str:
     if impl not in POOLS:
         raise ValueError(f"unknown pooling '{impl}'; choose from {', '.join(POOLS)}")
     if impl == "auto":
-        from lib.core import xla_cpu
-
-        fast_cpu = jax.default_backend() == "cpu" and xla_cpu.path() == "fast"
-        return "mask" if fast_cpu else "window"
+        return "mask" if _fast_cpu() else "window"
     return impl
+
+
+def resolve_conv(impl: str) -> str:
+    """ "xla" is XLA's convolution and the convolutions its autodiff makes of the
+    gradients; "patches" is the same forward convolution with its gradients written as
+    matrix products over shifted copies of the input (`conv_valid`): on XLA's CPU
+    backend the kernel gradient of a one-channel input and the input gradient of the
+    second layer run several times faster that way. "auto": patches on CPU (unless
+    `lib.core.xla_cpu` runs the reference path), xla on accelerators."""
+    if impl not in CONVS:
+        raise ValueError(f"unknown convolution '{impl}'; choose from {', '.join(CONVS)}")
+    if impl == "auto":
+        return "patches" if _fast_cpu() else "xla"
+    return impl
+
+
+def _xla_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def conv_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+    """Valid, stride-1 convolution (cross-correlation, as Theano's `conv2d` with flipped
+    filters and as every framework's `conv`) of NHWC `x` with an HWIO `kernel`."""
+    if resolve_conv(impl) == "xla":
+        return _xla_conv(x, kernel)
+    return _patches_conv(x, kernel)
+
+
+@jax.custom_vjp
+def _patches_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return _xla_conv(x, kernel)
+
+
+def _patches_conv_fwd(x, kernel):
+    return _xla_conv(x, kernel), (x, kernel)
+
+
+def _patches_conv_bwd(residuals, g):
+    """With y[b,h,w,f] = sum_{i,j,c} x[b,h+i,w+j,c] k[i,j,c,f]:
+    dk[i,j,c,f] = sum_{b,h,w} x[b,h+i,w+j,c] g[b,h,w,f], one matrix product of the k*k
+    shifted inputs (stacked as rows) with g, where x has one channel (a wide, short
+    product XLA's CPU backend does well, unlike its convolution for it); otherwise XLA's own.
+    dx[b,y,x,c] = sum_{i,j} z[b,y-i,x-j,i,j,c] with z = g k^T, one matrix product, its k*k
+    slices added back at their shifts, a row of the kernel at a time."""
+    x, kernel = residuals
+    k, _, c, f = kernel.shape
+    b, h_out, w_out, _ = g.shape
+    if c == 1:
+        shifted = jnp.stack(
+            [x[:, i : i + h_out, j : j + w_out, 0] for i in range(k) for j in range(k)]
+        )
+        dk = (shifted.reshape(k * k, -1) @ g.reshape(-1, f)).reshape(k, k, 1, f)
+    else:
+        dk = jax.vjp(lambda w: _xla_conv(x, w), kernel)[1](g)[0]
+    z = (g.reshape(-1, f) @ kernel.reshape(k * k * c, f).T).reshape(b, h_out, w_out, k, k, c)
+    dx = 0
+    for i in range(k):
+        row = 0
+        for j in range(k):
+            row = row + jnp.pad(z[:, :, :, i, j, :], ((0, 0), (0, 0), (j, k - 1 - j), (0, 0)))
+        dx = dx + jnp.pad(row, ((0, 0), (i, k - 1 - i), (0, 0), (0, 0)))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_patches_conv.defvjp(_patches_conv_fwd, _patches_conv_bwd)
 
 
 def max_pool(x: jax.Array, size: int, impl: str = "auto") -> jax.Array:
@@ -134,6 +205,7 @@ class ConvPool(nn.Module):
     activation: str = "sigmoid"
     weight_init: str = "book"
     pool: str = "auto"  # how max-pooling is computed (`resolve_pool`); the result is the same
+    conv: str = "auto"  # how the convolution's gradients are computed (`resolve_conv`)
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -145,13 +217,7 @@ class ConvPool(nn.Module):
         kernel = self.param("kernel", _normal(std), (k, k, x.shape[-1], self.features))
         bias = self.param("bias", _normal(1.0), (self.features,))
         dtype = self.dtype or x.dtype
-        y = jax.lax.conv_general_dilated(
-            x.astype(dtype),
-            kernel.astype(dtype),
-            window_strides=(1, 1),
-            padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        y = conv_valid(x.astype(dtype), kernel.astype(dtype), self.conv)
         y = max_pool(y, p, self.pool)
         return activation_fn(self.activation)(y + bias.astype(dtype))
 

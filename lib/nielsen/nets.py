@@ -27,6 +27,7 @@ class BookNet(nn.Module):
     weight_init: str = "book"
     num_classes: int = 10
     pool: str = "auto"  # lib.nielsen.layers.resolve_pool: the computation, not the result
+    conv: str = "auto"  # lib.nielsen.layers.resolve_conv: the same
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -37,6 +38,7 @@ class BookNet(nn.Module):
                 activation=self.activation,
                 weight_init=self.weight_init,
                 pool=self.pool,
+                conv=self.conv,
                 dtype=self.dtype,
             )(x)
         x = x.reshape(x.shape[0], -1)
