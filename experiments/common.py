@@ -6,6 +6,7 @@ import contextlib
 import sys
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from absl import flags, logging
 
@@ -17,7 +18,9 @@ from lib.core.config import (  # noqa: F401
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
+    OneOf,
     Range,
+    Setting,
     check_values,
 )
 from lib.core.errors import DivergedError, UserError
@@ -28,13 +31,30 @@ FLAGS = flags.FLAGS
 # A stopped run (SIGTERM, Ctrl-C) exits with this status; running it again resumes.
 STOPPED = 3
 
-# How a run executes, not what it computes: the MNIST experiments share these flags.
-PROGRAM_DEFAULTS = {"driver": "auto", "ensemble_layout": "auto", "eval_batch_size": 1000,
-                    "num_devices": None}  # fmt: skip
+# How a run executes, not what it computes: the MNIST experiments share these settings.
+PROGRAM_SETTINGS = (
+    Setting("driver", "auto", "Epoch driver: scan or loop (auto: loop on CPU).", OneOf(DRIVERS)),
+    Setting(
+        "ensemble_layout",
+        "auto",
+        "How the members of an ensemble (or the seeds of a study) share the program: vmap, "
+        "one unrolled copy each, or each member on its own CPU device (auto: devices on a "
+        "multi-core CPU, unrolled on one core, vmap on accelerators).",
+        OneOf(LAYOUTS),
+    ),
+    Setting("eval_batch_size", 1000, "Batch size for validation and test.", AT_LEAST_1),
+    Setting(
+        "num_devices",
+        None,
+        "Devices to shard the batch over; default: all that divide it.",
+        AT_LEAST_1,
+        int,
+    ),
+)
+PROGRAM_DEFAULTS = {s.name: s.default for s in PROGRAM_SETTINGS}
 
-
-# The program flags' ranges; each experiment checks them with its own (check_ranges).
-PROGRAM_RANGES = {"eval_batch_size": AT_LEAST_1, "num_devices": AT_LEAST_1}
+# The program settings' ranges; each experiment checks them with its own (check_ranges).
+PROGRAM_RANGES = {s.name: s.valid for s in PROGRAM_SETTINGS if isinstance(s.valid, Range)}
 
 
 def check_ranges(config: Mapping, ranges: Mapping[str, Range]) -> None:
@@ -43,29 +63,63 @@ def check_ranges(config: Mapping, ranges: Mapping[str, Range]) -> None:
     check_values(config, ranges, prefix="--")
 
 
+def setting_kind(setting: Setting) -> type:
+    """The type of a setting's values (of each value, for a list setting)."""
+    if isinstance(setting.default, tuple):
+        return setting.kind or type(setting.default[0])
+    return setting.kind or type(setting.default)
+
+
+def define_setting_flags(settings: Iterable[Setting]) -> None:
+    """One command-line flag per setting, named as the setting (`--epochs=3`), generated
+    from the settings themselves, so no flag is declared twice. An experiment declared by
+    its settings takes only the flags given on the command line (`given_settings`) over
+    its config's defaults (and a preset's); the flags' defaults are the settings' all the
+    same, as experiments that read every flag expect. Several experiments may be imported
+    into one process (the ladder, the sweep), so a name may be redefined."""
+    own = {"allow_override": True}
+    for s in settings:
+        # absl shows a flag's default itself; None means what the help says.
+        help_text = s.help
+        kind, default = setting_kind(s), s.default
+        if isinstance(s.valid, OneOf):
+            flags.DEFINE_enum(s.name, default, list(s.valid.choices), help_text, **own)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(s.name, list(map(str, default)), help_text, **own)
+        elif kind is bool:
+            flags.DEFINE_bool(s.name, default, help_text, **own)
+        elif kind is int:
+            flags.DEFINE_integer(s.name, default, help_text, **own)
+        elif kind is float:
+            flags.DEFINE_float(s.name, default, help_text, **own)
+        else:
+            flags.DEFINE_string(s.name, default, help_text, **own)
+
+
 def define_program_flags() -> None:
-    """Define the PROGRAM_DEFAULTS flags; several experiments may do so in one process
-    (tests, sweeps), so the definitions allow overriding and are the same in each."""
-    own, default = {"allow_override": True}, PROGRAM_DEFAULTS
-    flags.DEFINE_enum("driver", default["driver"], DRIVERS, "Epoch driver: scan or loop.", **own)
-    flags.DEFINE_enum(
-        "ensemble_layout",
-        default["ensemble_layout"],
-        LAYOUTS,
-        "How the members of an ensemble (or the seeds of a study) share the program: "
-        "vmap, one unrolled copy each, or each member on its own CPU device (auto: devices "
-        "on a multi-core CPU, unrolled on one core, vmap on accelerators).",
-        **own,
-    )
-    flags.DEFINE_integer(
-        "eval_batch_size", default["eval_batch_size"], "Batch size for validation and test.", **own
-    )
-    flags.DEFINE_integer(
-        "num_devices",
-        default["num_devices"],
-        "Devices to shard the batch over; default: all that divide it.",
-        **own,
-    )
+    """Define the PROGRAM_SETTINGS flags (several experiments may, in one process)."""
+    define_setting_flags(PROGRAM_SETTINGS)
+
+
+def given_settings(settings: Iterable[Setting]) -> dict[str, Any]:
+    """The settings given on the command line, with their values (a list's values parsed
+    to the setting's kind); UserError for a list value that does not parse."""
+    given = {}
+    for s in settings:
+        flag = FLAGS[s.name]
+        if not flag.present:
+            continue
+        value = flag.value
+        if isinstance(s.default, tuple):
+            kind = setting_kind(s)
+            try:
+                value = tuple(kind(v) for v in value)
+            except ValueError:
+                raise UserError(
+                    f"--{s.name} takes {kind.__name__} values, got {','.join(value)}"
+                ) from None
+        given[s.name] = value
+    return given
 
 
 @contextlib.contextmanager
@@ -115,16 +169,24 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def run_from_flags(argv: list[str], run: Callable[[dict], dict], names: Iterable[str]) -> dict:
-    """Call `run` with the named flags' values; a user mistake or a diverged run ends
-    the process with one line on stderr and status 1, not a traceback, and a run that
-    reports it stopped early (`summary["finished"]` False) ends with status STOPPED."""
+def run_from_flags(
+    argv: list[str], run: Callable[[dict], dict], names: Iterable[str | Setting]
+) -> dict:
+    """Call `run` with the flags' values: every named flag's, or, for Settings, those given
+    on the command line (`given_settings`: the config's defaults are the settings'). A user
+    mistake or a diverged run ends the process with one line on stderr and status 1, not
+    a traceback, and a run that reports it stopped early (`summary["finished"]` False)
+    ends with status STOPPED."""
     if len(argv) > 1:  # parse_flags reports these; a main run without it still refuses
         fail(f"unexpected argument {' '.join(argv[1:])!r}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # as parse_flags does, for mains run without it
-    config = {name: FLAGS[name].value for name in names}
+    names = list(names)
     try:
+        if names and isinstance(names[0], Setting):
+            config = given_settings(names)
+        else:
+            config = {name: FLAGS[name].value for name in names}
         summary = run(config)
     except (UserError, DivergedError) as e:
         fail(str(e))

@@ -34,116 +34,133 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 from absl import app, flags
 from flax import linen as nn
+from ml_collections import ConfigDict
 
 from experiments import common
+from lib.core import config as config_lib
 from lib.core import data as data_lib
 from lib.core import metrics, plots
+from lib.core.config import AT_LEAST_1, FRACTION, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
+from lib.core.errors import ConfigError
 from lib.core.stop import GracefulStop
 from lib.nielsen import augment, layers, nets
 from lib.nielsen import train as train_lib
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum(
-    "net", "relu", nets.NETS, "The rung of the ladder: network and its hyperparameters."
+# Every setting of a run, declared once: the flags, the preset (`get_config`), the range
+# checks and the saved config.json all derive from this list. A default of None is the
+# rung's (a field of lib.nielsen.nets.Rung) or, for the rest, "none".
+SETTINGS = (
+    Setting(
+        "net", "relu", "The rung of the ladder: network and its hyperparameters.", OneOf(nets.NETS)
+    ),
+    Setting("workdir", None, "Where the run writes; default runs/mnist/<net>.", kind=str),
+    Setting("seed", 0, "Random seed (initialisation, shuffling, dropout).", NON_NEGATIVE),
+    Setting("epochs", None, "Epochs; default: the rung's.", AT_LEAST_1, int),
+    Setting("batch_size", None, "Mini-batch size; default: the rung's (10).", AT_LEAST_1, int),
+    Setting("learning_rate", None, "Learning rate eta; default: the rung's.", POSITIVE, float),
+    Setting("l2", None, "L2 regularisation lambda; default: the rung's.", NON_NEGATIVE, float),
+    Setting(
+        "dropout",
+        None,
+        "Dropout rate on FC and softmax inputs; default: the rung's.",
+        FRACTION,
+        float,
+    ),
+    Setting(
+        "activation",
+        None,
+        "Activation of every layer; default: the rung's.",
+        OneOf(tuple(layers.ACTIVATIONS)),
+        str,
+    ),
+    Setting(
+        "expanded", None, "Train on the 5x one-pixel-shift set; default: the rung's.", kind=bool
+    ),
+    Setting(
+        "ensemble", None, "Nets trained as one program, scored by majority vote.", AT_LEAST_1, int
+    ),
+    Setting(
+        "max_shift", 0, "Random shifts of up to k pixels per training image.", Range(0, 13)
+    ),  # past half the image, no digit is left to see
+    Setting("max_degrees", 0.0, "Random rotations of up to this many degrees.", Range(0, 180)),
+    Setting("max_skew", 0.0, "Random horizontal skews (shear factor) up to this.", Range(0, 1)),
+    Setting(
+        "elastic_alpha", 0.0, "Elastic distortion strength (Simard et al. use 34).", NON_NEGATIVE
+    ),
+    Setting("elastic_sigma", 4.0, "Elastic distortion smoothness, in pixels.", POSITIVE),
+    Setting(
+        "train_size", None, "Keep only the first N training images (quick runs).", AT_LEAST_1, int
+    ),
+    Setting(
+        "split",
+        "book",
+        "Validation images: book, the last 10,000 of MNIST's original "
+        "60,000 training images (the book's); tfds, the last 10,000 in the order TFDS "
+        "stores them.",
+        OneOf(data_lib.ORDERS),
+    ),
+    Setting("optimizer", "sgd", "sgd is the book's plain SGD.", OneOf(train_lib.OPTIMIZERS)),
+    Setting(
+        "schedule",
+        "constant",
+        "Learning rate: the book's constant, or cosine decay.",
+        OneOf(train_lib.SCHEDULES),
+    ),
+    Setting("momentum", 0.9, "Momentum for --optimizer=momentum or nesterov.", FRACTION),
+    Setting(
+        "init", "book", "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in).", OneOf(layers.INITS)
+    ),
+    *common.PROGRAM_SETTINGS,
 )
-flags.DEFINE_string("workdir", None, "Where the run writes; default runs/mnist/<net>.")
-flags.DEFINE_integer("seed", 0, "Random seed (initialisation, shuffling, dropout).")
-flags.DEFINE_integer("epochs", None, "Epochs; default: the rung's.")
-flags.DEFINE_integer("batch_size", None, "Mini-batch size; default: the rung's (10).")
-flags.DEFINE_float("learning_rate", None, "Learning rate eta; default: the rung's.")
-flags.DEFINE_float("l2", None, "L2 regularisation lambda; default: the rung's.")
-flags.DEFINE_float("dropout", None, "Dropout rate on FC and softmax inputs; default: the rung's.")
-flags.DEFINE_string("activation", None, "sigmoid, tanh or relu; default: the rung's.")
-flags.DEFINE_bool("expanded", None, "Train on the 5x one-pixel-shift set; default: the rung's.")
-flags.DEFINE_integer("ensemble", None, "Nets trained as one program, scored by majority vote.")
-flags.DEFINE_integer("max_shift", 0, "Random shifts of up to k pixels per training image.")
-flags.DEFINE_float("max_degrees", 0.0, "Random rotations of up to this many degrees.")
-flags.DEFINE_float("max_skew", 0.0, "Random horizontal skews (shear factor) up to this.")
-flags.DEFINE_float("elastic_alpha", 0.0, "Elastic distortion strength (Simard et al. use 34).")
-flags.DEFINE_float("elastic_sigma", 4.0, "Elastic distortion smoothness, in pixels.")
-flags.DEFINE_integer("train_size", None, "Keep only the first N training images (quick runs).")
-flags.DEFINE_enum(
-    "split",
-    "book",
-    data_lib.ORDERS,
-    "Validation images: book, the last 10,000 of MNIST's original 60,000 training images "
-    "(the book's); tfds, the last 10,000 in the order TFDS stores them.",
-)
-flags.DEFINE_enum("optimizer", "sgd", train_lib.OPTIMIZERS, "sgd is the book's plain SGD.")
-flags.DEFINE_enum(
-    "schedule",
-    "constant",
-    train_lib.SCHEDULES,
-    "Learning rate: the book's constant, or cosine decay.",
-)
-flags.DEFINE_float("momentum", 0.9, "Momentum for --optimizer=momentum or nesterov.")
-flags.DEFINE_enum(
-    "init", "book", ("book", "sqrt_n_in"), "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in)."
-)
-common.define_program_flags()
+common.define_setting_flags(SETTINGS)
 
-# Each numeric setting's valid values, checked before a run does anything.
-RANGES = {"seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
-          "batch_size": common.AT_LEAST_1, "learning_rate": common.POSITIVE,
-          "l2": common.NON_NEGATIVE, "dropout": common.FRACTION, "ensemble": common.AT_LEAST_1,
-          "max_shift": common.Range(0, 13),  # past half the image, no digit is left to see
-          "max_degrees": common.Range(0, 180), "max_skew": common.Range(0, 1),
-          "elastic_alpha": common.NON_NEGATIVE, "elastic_sigma": common.POSITIVE,
-          "train_size": common.AT_LEAST_1, "momentum": common.FRACTION,
-          **common.PROGRAM_RANGES}  # fmt: skip
-
-OVERRIDABLE = ("epochs", "batch_size", "learning_rate", "l2", "dropout", "activation", "expanded",
-               "ensemble")  # fmt: skip
-
-FLAG_NAMES = ("net", "workdir", "seed", "train_size", "split", "optimizer", "momentum", "schedule",
-               "init",
-               "max_shift", "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
-               *common.PROGRAM_DEFAULTS, *OVERRIDABLE)  # fmt: skip
+# The settings a rung presets: those named as a field of nets.Rung.
+PRESET = tuple(s.name for s in SETTINGS if s.name in nets.Rung.__dataclass_fields__)
 
 
-# Taken when the flags are defined: another experiment imported later into the same
-# process may redefine a flag of the same name (workdir, seed, ...) with its own default.
-DEFAULTS = {name: FLAGS[name].default for name in FLAG_NAMES}
+def get_config(net: str = "relu") -> ConfigDict:
+    """The rung `net` as a config: the book's network and hyperparameters for it, every
+    other setting at its default."""
+    if net not in nets.RUNGS:
+        raise ConfigError(f"unknown net '{net}'; choose from {', '.join(nets.NETS)}")
+    rung = nets.RUNGS[net]
+    values = {name: getattr(rung, name) for name in PRESET}
+    return config_lib.preset(SETTINGS, {"net": net, **values})
 
 
-def resolve(config: dict) -> dict:
-    """The rung's preset with every explicitly given (non-None) flag applied over it.
-
-    Flags missing from `config` take their defaults, so callers may pass only what they change.
-    """
-    out = dict(DEFAULTS)
-    out.update(config)
-    if out["net"] not in nets.RUNGS:
-        raise train_lib.ConfigError(
-            f"unknown net '{out['net']}'; choose from {', '.join(nets.NETS)}"
-        )
-    rung = nets.RUNGS[out["net"]]
-    for name in OVERRIDABLE:
-        if out.get(name) is None:
-            out[name] = getattr(rung, name)
-    out["workdir"] = out.get("workdir") or f"runs/mnist/{out['net']}"
-    return out
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The preset of overrides["net"] (default relu) with every non-None override over it,
+    checked against the settings' ranges; a ConfigError names each bad one."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    resolved = get_config(given.get("net", "relu"))
+    try:
+        config_lib.override(resolved, given)
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    config_lib.check(resolved, SETTINGS, prefix="--")
+    resolved.workdir = resolved.workdir or f"runs/mnist/{resolved.net}"
+    return resolved
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
-    """Train one configuration (flag names to values) and return its summary."""
-    config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    common.check_ranges(config, RANGES)
-    if config["activation"] not in layers.ACTIVATIONS:
-        raise train_lib.ConfigError(
-            f"unknown activation '{config['activation']}'; "
-            f"choose from {', '.join(layers.ACTIVATIONS)}"
-        )
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
+    """Train one configuration and return its summary: the preset of overrides["net"] with
+    the given settings over it (`resolve`); `workdir` wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
     model = nets.create(
         config["net"],
         activation=config["activation"],
@@ -159,7 +176,7 @@ def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
             elastic_sigma=config["elastic_sigma"],
         )
     except ValueError as e:
-        raise train_lib.ConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     train_config = train_lib.TrainConfig(
         epochs=config["epochs"],
         batch_size=config["batch_size"],
@@ -282,7 +299,7 @@ def _train(
 
 
 def main(argv):
-    summary = common.run_from_flags(argv, run, FLAG_NAMES)
+    summary = common.run_from_flags(argv, run, SETTINGS)
     print(json.dumps({k: summary[k] for k in ("best_val_accuracy", "test_accuracy")}))
 
 

@@ -179,11 +179,8 @@ def main(argv):
 def ladder(root: Path) -> None:
     """Train the missing runs of --nets x --seeds under `root` (unless --table_only), then
     write the table from every finished run there."""
-    given = {
-        name: FLAGS[name].value
-        for name in mnist_convnet.FLAG_NAMES
-        if FLAGS[name].present and name not in ("net", "seed", "workdir")
-    }
+    given = common.given_settings(mnist_convnet.SETTINGS)
+    given = {k: v for k, v in given.items() if k not in ("net", "seed", "workdir")}
     try:
         seeds = [int(s) for s in FLAGS.seeds]
     except ValueError:
@@ -191,7 +188,8 @@ def ladder(root: Path) -> None:
     unknown = [n for n in FLAGS.nets if n not in nets.RUNGS]
     if unknown:
         raise UserError(f"unknown rung(s) {unknown}; choose from {', '.join(nets.NETS)}")
-    common.check_ranges({**given, "seed": min(seeds, default=0)}, mnist_convnet.RANGES)
+    for name in FLAGS.nets:  # every setting checked before any run starts
+        mnist_convnet.resolve({**given, "net": name, "seed": min(seeds, default=0)})
     if not FLAGS.table_only:
         trained = [n for n in FLAGS.nets if n != "ensemble"]
         if "ensemble" in FLAGS.nets and VOTERS not in trained:

@@ -282,6 +282,9 @@ class ModuleFlags:
             if e.name and module_name.startswith(e.name):
                 raise SpecError(f"no module named {module_name!r}") from None
             raise
+        settings = getattr(module, "SETTINGS", None)
+        if settings is not None:  # an experiment declared by its settings (lib.core.config)
+            return cls(module, [s.name for s in settings])
         # The module's own flags (and its package's), not those of libraries it imports.
         package = module_name.rpartition(".")[0]
         own = {
@@ -299,6 +302,11 @@ class ModuleFlags:
             flags.FLAGS([PROG, *args])
         except flags.Error as e:
             raise SpecError(f"{self.module.__name__}: {str(e).splitlines()[0]}") from None
+        settings = getattr(self.module, "SETTINGS", None)
+        if settings is not None:  # the settings given; the experiment's config has the rest
+            from experiments import common  # imported by the experiment already
+
+            return common.given_settings(settings)
         return {name: flags.FLAGS[name].value for name in self.own_flags}
 
 

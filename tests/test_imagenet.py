@@ -18,6 +18,7 @@ from commands import run_module
 
 from lib.core import parallel
 from lib.imagenet import train as it
+from lib.imagenet.nets import registry
 from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +88,27 @@ def test_top_k_counts_and_ties():
     np.testing.assert_array_equal(it.correct_at_k(logits, labels, 5), [True, False])
     # Constant logits are not "everything correct": ties go to the lowest class, as argmax.
     np.testing.assert_array_equal(it.correct_at_k(logits, jnp.array([2, 0]), 1), [False, True])
+
+
+@pytest.mark.parametrize("name", ["inception_v3", "googlenet_aux"])
+def test_auxiliary_heads_have_parameters_however_the_model_is_initialised(name):
+    """A checkpoint trained with the heads restores into a tree initialised for evaluation,
+    and the count with the heads is still the published one."""
+    model = it.build_model(name)
+    size = registry.RESOLUTION[name]
+
+    def shapes(train):
+        key, images = jax.random.key(0), jnp.zeros((1, size, size, 3))
+        return jax.eval_shape(
+            lambda: model.init({"params": key, "dropout": key}, images, train=train)
+        )
+
+    trained, evaluated = shapes(train=True), shapes(train=False)
+    assert jax.tree.structure(trained) == jax.tree.structure(evaluated)
+    same = jax.tree.map(lambda a, b: a.shape == b.shape, trained, evaluated)
+    assert all(jax.tree.leaves(same))
+    assert any(key.startswith("aux") for key in evaluated["params"])
+    assert registry.count_variables(evaluated) == registry.REFERENCE_PARAMS[name]
 
 
 @pytest.fixture(scope="module")

@@ -160,6 +160,30 @@ def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
 # ----------------------------------------------------------------------------- state
 
 
+def make_init(
+    model: nn.Module, optimizer: optax.GradientTransformation, image_size: int
+) -> Callable[[jax.Array], TrainState]:
+    """init(key) -> a fresh TrainState for images of `image_size`; pure, for `jax.jit`.
+
+    Initialised in training mode, the mode it trains in; every model of the zoo gives the
+    same variables in either mode, so a checkpoint restores into an evaluation-mode init.
+    """
+
+    def init(key: jax.Array) -> TrainState:
+        images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+        variables = model.init({"params": key, "dropout": key}, images, train=True)
+        params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
+        return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optimizer.init(params))
+
+    return init
+
+
+def jit_init(init: Callable[[jax.Array], TrainState], mesh: Mesh | None = None) -> Callable:
+    """`init` compiled to create the state directly on the mesh's devices (replicated)."""
+    return jax.jit(init, out_shardings=None if mesh is None else parallel.replicated(mesh))
+
+
 def init_state(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -167,20 +191,8 @@ def init_state(
     image_size: int,
     mesh: Mesh | None = None,
 ) -> TrainState:
-    """A fresh state, created directly on the mesh's devices (replicated) when one is given.
-
-    Initialised in training mode so that auxiliary heads (built only then) get parameters.
-    """
-
-    def init() -> TrainState:
-        images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-        variables = model.init({"params": key, "dropout": key}, images, train=True)
-        params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
-        return TrainState(jnp.zeros((), jnp.int32), params, batch_stats, optimizer.init(params))
-
-    out_shardings = None if mesh is None else parallel.replicated(mesh)
-    return jax.jit(init, out_shardings=out_shardings)()
+    """A fresh state (see `make_init`), on the mesh's devices when one is given."""
+    return jit_init(make_init(model, optimizer, image_size), mesh)(key)
 
 
 # ----------------------------------------------------------------------------- loss, metrics

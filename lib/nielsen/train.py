@@ -113,10 +113,10 @@ CPU_BLOCK_MIN_STEPS = 500
 
 
 def steps_per_call(driver: str, steps_per_epoch: int) -> int:
-    """Steps each call of the host loop runs (`EpochRunner`): on the CPU a block of 5,
-    which cut the book's dropout net at batch 10 from 5.2 to 4.1 ms per step on two
-    cores (`python -m launch.benchmark --steps_per_call=1,5`), once an epoch has at least
-    500 steps to repay compiling the block (a few seconds); otherwise one."""
+    """Steps each call of the host loop runs (`EpochRunner`): on the CPU a block of 5
+    (on two idle cores it took the book's dropout net at batch 10 from 5.2 to 4.1 ms per
+    step; `python -m launch.benchmark --steps_per_call=1,5` compares them), once an epoch
+    has at least 500 steps to repay compiling the block (a few seconds); otherwise one."""
     long_epoch = steps_per_epoch >= CPU_BLOCK_MIN_STEPS
     if resolve_driver(driver) == "loop" and jax.default_backend() == "cpu" and long_epoch:
         return CPU_STEPS_PER_CALL

@@ -17,11 +17,12 @@
   auxiliary classifier (torchvision's default, and the count it publishes),
   23,834,568 without.
 
-Auxiliary heads are built and run only in training. `__call__(x, train)` returns the
-logits when `train` is false or the heads are off, and the tuple
-`(logits, *aux_logits)` (GoogLeNet: `(logits, aux_4a, aux_4d)`; Inception v3:
-`(logits, aux)`) when training with them. Initialise with `train=True` so the
-auxiliary parameters exist; evaluation ignores them.
+Auxiliary heads run only in training. `__call__(x, train)` returns the logits when
+`train` is false or the heads are off, and the tuple `(logits, *aux_logits)` (GoogLeNet:
+`(logits, aux_4a, aux_4d)`; Inception v3: `(logits, aux)`) when training with them.
+`init` creates the heads' parameters in either mode, so `init(train=False)` and
+`init(train=True)` give the same tree and a trained checkpoint restores into a model
+initialised for evaluation; evaluation ignores the heads.
 """
 
 from __future__ import annotations
@@ -41,6 +42,15 @@ from lib.imagenet.nets.common import (
     batch_norm,
     max_pool_ceil,
 )
+
+
+def _aux_input(x: jnp.ndarray, train: bool, grid: int) -> jnp.ndarray:
+    """What an auxiliary head reads: the feature map in training. Outside training a head
+    runs only inside `init`, on a blank map of the `grid` x `grid` size it was designed for
+    (its parameters' shapes depend on the channels alone), so its parameters exist however
+    the model was initialised, even at inputs too small for the head."""
+    return x if train else jnp.zeros((1, grid, grid, x.shape[-1]), x.dtype)
+
 
 # ---------------------------------------------------------------------------------------
 # GoogLeNet
@@ -141,11 +151,13 @@ class GoogLeNet(nn.Module):
             if name in ("4a", "5a"):
                 x = max_pool_ceil(x, 3, 2) if name == "4a" else max_pool_ceil(x, 2, 2)
             x = block(widths, name=f"inception{name}")(x)
-            if self.aux_logits and train and name in ("4a", "4d"):
+            if self.aux_logits and (train or self.is_initializing()) and name in ("4a", "4d"):
                 head = GoogLeNetAux(
                     self.num_classes, conv, self.dtype, self.param_dtype, name=f"aux_{name}"
                 )
-                aux.append(head(x, train))
+                logits = head(_aux_input(x, train, grid=14), train)  # 14x14 at 224x224
+                if train:
+                    aux.append(logits)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
@@ -331,10 +343,10 @@ class InceptionV3(nn.Module):
         for i, c7 in enumerate(self.channels_7x7):
             x = InceptionC(c7, conv, name=f"mixed6{'bcde'[i]}")(x)
         aux = None
-        if self.aux_logits and train:
-            aux = InceptionV3Aux(self.num_classes, conv, self.dtype, self.param_dtype, name="aux")(
-                x
-            )
+        if self.aux_logits and (train or self.is_initializing()):
+            head = InceptionV3Aux(self.num_classes, conv, self.dtype, self.param_dtype, name="aux")
+            logits = head(_aux_input(x, train, grid=17))  # 17x17 at 299x299
+            aux = logits if train else None
         x = InceptionD(conv, name="mixed7a")(x)
         x = InceptionE(conv, name="mixed7b")(x)
         x = InceptionE(conv, name="mixed7c")(x)
