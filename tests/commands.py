@@ -23,13 +23,21 @@ def run_module(
     )
 
 
-def result(workdir: Path) -> dict:
-    """A finished MNIST run's summary and metrics lines, less the timings, to compare runs."""
+MNIST_RESULT = ("best_epoch", "best_val_accuracy", "test_accuracy", "final_val_accuracy")
+MNIST_TIMING = ("epoch_time_s", "examples_per_s")
+IMAGENET_RESULT = ("steps", "final_top1", "final_top5", "best_top1", "final_train_loss", "params")
+IMAGENET_TIMING = ("eval_time_s",)
+
+
+def result(workdir: Path, keys=MNIST_RESULT, timing=MNIST_TIMING) -> dict:
+    """A finished run's summary (`keys` of it) and metrics lines less the `timing` fields,
+    to compare runs: an MNIST run's by default."""
     summary = json.loads((workdir / "summary.json").read_text())
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    timeless = [
-        {k: v for k, v in line.items() if k not in ("epoch_time_s", "examples_per_s")}
-        for line in lines
-    ]
-    keys = ("best_epoch", "best_val_accuracy", "test_accuracy", "final_val_accuracy")
+    timeless = [{k: v for k, v in line.items() if k not in timing} for line in lines]
     return {"summary": {k: summary[k] for k in keys}, "metrics": timeless}
+
+
+def imagenet_result(workdir: Path) -> dict:
+    """`result` of a finished ImageNet-scale run."""
+    return result(workdir, IMAGENET_RESULT, IMAGENET_TIMING)

@@ -2,7 +2,6 @@
 through the Grain pipeline, resume after SIGKILL, clear errors."""
 
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from commands import run_module
+from commands import imagenet_result, run_module
 
 from lib.core import parallel
 from lib.imagenet import train as it
@@ -27,7 +26,6 @@ SMOKE = ["--model=resnet_tiny", "--dataset=mnist", "--train_split=train[:2048]",
          "--eval_split=test[:500]", "--image_size=32", "--batch_size=32", "--steps=120",
          "--eval_every=40", "--log_every=40", "--learning_rate=0.1", "--warmup_epochs=0.25",
          "--workers=0", "--num_devices=1"]  # fmt: skip
-TIMING = ("eval_time_s",)
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +37,6 @@ def compile_cache(tmp_path_factory):
 def cli(*args, cache=None, timeout=300):
     env = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else None
     return run_module("experiments.imagenet_nets", *args, env=env, timeout=timeout)
-
-
-def result(workdir: Path) -> dict:
-    summary = json.loads((workdir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    keys = ("steps", "final_top1", "final_top5", "best_top1", "final_train_loss", "params")
-    return {
-        "summary": {k: summary[k] for k in keys},
-        "metrics": [{k: v for k, v in line.items() if k not in TIMING} for line in lines],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +177,7 @@ def test_short_run_on_mnist_through_grain_learns(uninterrupted):
 
     Measured on two CPU cores: 74.6% top-1 and 97.4% top-5 on 500 test images.
     """
-    got = result(uninterrupted)
+    got = imagenet_result(uninterrupted)
     assert got["summary"]["steps"] == 120
     assert got["summary"]["final_top1"] > 0.6
     assert got["summary"]["final_top5"] > 0.9
@@ -218,7 +206,7 @@ def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path, com
     again = cli(*SMOKE, f"--workdir={tmp_path}", cache=compile_cache)
     assert again.returncode == 0, again.stderr
     assert "resuming at step 40" in again.stdout
-    assert result(tmp_path) == result(uninterrupted)
+    assert imagenet_result(tmp_path) == imagenet_result(uninterrupted)
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ run on two cores. The runs have the same settings, so they share one compilation
 
 import json
 import math
-from pathlib import Path
 
 import pytest
+from commands import imagenet_result
 
 from lib.core.errors import ConfigError
 from lib.imagenet import loop
@@ -19,18 +19,6 @@ SMALL = {"model": "resnet_tiny", "dataset": "mnist", "train_split": "train[:512]
          "eval_split": "test[:64]", "image_size": 32, "batch_size": 16, "steps": 8,
          "eval_every": 4, "log_every": 3, "learning_rate": 0.1, "warmup_epochs": 0.0,
          "workers": 0, "num_devices": 1, "dtype": "float32"}  # fmt: skip
-TIMING = ("eval_time_s",)
-
-
-def outcome(workdir: Path) -> dict:
-    """What a finished run leaves that must not depend on when it stopped and resumed."""
-    summary = json.loads((workdir / "summary.json").read_text())
-    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-    keys = ("steps", "final_top1", "final_top5", "best_top1", "final_train_loss", "params")
-    return {
-        "summary": {k: summary[k] for k in keys},
-        "metrics": [{k: v for k, v in line.items() if k not in TIMING} for line in lines],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +71,7 @@ def test_a_stopped_run_resumes_to_the_same_end(finished, tmp_path):
     lines = []
     resumed = loop.train_and_evaluate(SMALL, tmp_path, report=lines.append)
     assert resumed["finished"] and "resuming at step 6" in lines[0]
-    assert outcome(tmp_path) == outcome(finished[0])
+    assert imagenet_result(tmp_path) == imagenet_result(finished[0])
 
 
 def test_settings_are_resolved_and_checked_before_anything_is_written(tmp_path):
