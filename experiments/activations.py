@@ -46,13 +46,19 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from absl import app, flags
+from ml_collections import ConfigDict
 
 from experiments import common
+from lib.core import config as config_lib
 from lib.core import data as data_lib
+from lib.core.config import AT_LEAST_1, NON_NEGATIVE, OneOf, Range, Setting
+from lib.core.errors import ConfigError
 from lib.core.metrics import write_json
 from lib.core.stop import GracefulStop
 from lib.nielsen import nets, studies
@@ -108,72 +114,93 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# Other experiments define flags of the same names; allow_override lets several be
-# imported into one process (tests, sweeps).
-_own = {"allow_override": True}
-flags.DEFINE_enum(
-    "preset", "full", list(PRESETS), "full: the book's study (GPU); quick: CPU.", **_own
+# Every setting of the study, declared once: the flags, the presets (`get_config`), the
+# range checks and the saved config.json all derive from this list. A setting whose
+# default is None, or no values, takes the preset's value.
+SETTINGS = (
+    Setting("preset", "full", "full: the book's study (GPU); quick: CPU.", OneOf(tuple(PRESETS))),
+    Setting("workdir", "runs/activations", "Where the study writes."),
+    Setting(
+        "variants",
+        (),
+        f"Variants to run, of {', '.join(VARIANTS)}; default: the preset's (all of them).",
+        OneOf(tuple(VARIANTS)),
+        str,
+    ),
+    Setting(
+        "seeds",
+        None,
+        "Seeds per variant, trained as one vmapped program; default: the preset's.",
+        AT_LEAST_1,
+        int,
+    ),
+    Setting("seed", 0, "First seed; the members are seed, seed + 1, ...", NON_NEGATIVE),
+    Setting("epochs", None, "Epochs; the book's is 60; default: the preset's.", AT_LEAST_1, int),
+    Setting(
+        "train_size",
+        None,
+        "Keep only the first N training images; default: the preset's.",
+        Range(1, 50_000),  # MNIST's training part
+        int,
+    ),
+    Setting(
+        "validation_size",
+        None,
+        "Validate on the first N of the 10,000 validation images; default: the preset's.",
+        Range(1, 10_000),
+        int,
+    ),
+    Setting("batch_size", 10, "Mini-batch size; the book's is 10.", AT_LEAST_1),
+    Setting(
+        "thresholds",
+        (),
+        "Validation accuracies (%) whose first epoch the table gives; default: the preset's.",
+        Range(0, 100, open_low=True),
+        float,
+    ),
+    *common.PROGRAM_SETTINGS,
 )
-flags.DEFINE_string("workdir", "runs/activations", "Where the study writes.", **_own)
-flags.DEFINE_list("variants", None, f"Variants to run, of {', '.join(VARIANTS)}.", **_own)
-flags.DEFINE_integer("seeds", None, "Seeds per variant, trained as one vmapped program.", **_own)
-flags.DEFINE_integer("seed", 0, "First seed; the members are seed, seed + 1, ...", **_own)
-flags.DEFINE_integer("epochs", None, "Epochs; the book's is 60.", **_own)
-flags.DEFINE_integer("train_size", None, "Keep only the first N training images.", **_own)
-flags.DEFINE_integer(
-    "validation_size", None, "Validate on the first N of the 10,000 validation images.", **_own
-)
-flags.DEFINE_integer("batch_size", 10, "Mini-batch size; the book's is 10.", **_own)
-flags.DEFINE_list(
-    "thresholds", None, "Validation accuracies (%) whose first epoch the table gives.", **_own
-)
-common.define_program_flags()
-
-RANGES = {"seeds": common.AT_LEAST_1, "seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
-          "train_size": common.AT_LEAST_1, "validation_size": common.Range(1, 10_000),
-          "batch_size": common.AT_LEAST_1, **common.PROGRAM_RANGES}  # fmt: skip
-
-FLAG_NAMES = ("preset", "workdir", "variants", "seeds", "seed", "epochs", "train_size",
-              "validation_size", "batch_size", "thresholds",
-              *common.PROGRAM_DEFAULTS)  # fmt: skip
-DEFAULTS = {"preset": "full", "workdir": "runs/activations", "seed": 0, "batch_size": 10,
-            **common.PROGRAM_DEFAULTS}  # fmt: skip
+common.define_setting_flags(SETTINGS)
 
 
-def resolve(config: dict) -> dict:
-    """The preset with every given (non-None) setting over it; raises ConfigError for
-    settings that cannot run."""
-    out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    if out["preset"] not in PRESETS:
-        raise train_lib.ConfigError(
-            f"unknown preset '{out['preset']}'; choose from {', '.join(PRESETS)}"
-        )
-    for name, value in PRESETS[out["preset"]].items():
-        out.setdefault(name, value)
-    out["variants"] = list(dict.fromkeys(v.strip() for v in out["variants"] if v.strip()))
-    unknown = [v for v in out["variants"] if v not in VARIANTS]
-    if unknown or not out["variants"]:
-        what = f"unknown variant '{unknown[0]}'" if unknown else "no variants given"
-        raise train_lib.ConfigError(f"{what}; choose from {', '.join(VARIANTS)}")
+def get_config(preset: str = "full") -> ConfigDict:
+    """The study `preset` as a config: its settings over every other setting's default."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
+    return config_lib.preset(SETTINGS, {"preset": preset, **PRESETS[preset]})
+
+
+def _given(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of `overrides` that are set: neither None nor an empty list (both mean
+    the preset's value)."""
+    return {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and not (isinstance(v, (list, tuple)) and not v)
+    }
+
+
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The preset of overrides["preset"] (default full) with every given setting over it
+    (`_given`), checked against the settings' ranges; a ConfigError names each bad one, or
+    says why the study cannot run."""
+    values = _given(overrides)
+    config = get_config(values.get("preset", "full"))
     try:
-        out["thresholds"] = [float(t) for t in out["thresholds"]]
-    except ValueError:
-        raise train_lib.ConfigError(
-            f"thresholds must be percentages, got {','.join(map(str, out['thresholds']))}"
+        config_lib.override(config, values)
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    config.variants = tuple(dict.fromkeys(v.strip() for v in config.variants if v.strip()))
+    try:
+        config.thresholds = tuple(float(t) for t in config.thresholds)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"thresholds must be percentages, got {','.join(map(str, config.thresholds))}"
         ) from None
-    if not all(0 < t <= 100 for t in out["thresholds"]):
-        raise train_lib.ConfigError(f"thresholds must be in (0, 100], got {out['thresholds']}")
-    if out["seeds"] < 1:
-        raise train_lib.ConfigError(f"seeds must be at least 1, got {out['seeds']}")
-    if out["train_size"] is not None and not 0 < out["train_size"] <= 50_000:
-        raise train_lib.ConfigError(f"train_size must be in [1, 50000], got {out['train_size']}")
-    if out["validation_size"] is not None and not 0 < out["validation_size"] <= 10_000:
-        raise train_lib.ConfigError(
-            f"validation_size must be in [1, 10000], got {out['validation_size']}"
-        )
-    for name in out["variants"]:
-        train_lib.validate(train_config(out, name), out["train_size"] or 50_000)
-    return out
+    config_lib.check(config, SETTINGS, prefix="--")
+    for name in config.variants:
+        train_lib.validate(train_config(config, name), config.train_size or 50_000)
+    return config
 
 
 def train_config(config: dict, name: str) -> train_lib.TrainConfig:
@@ -294,10 +321,13 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
         )
 
 
-def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
-    """Run (or resume) the study; returns its summary (also written to summary.json)."""
-    config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    common.check_ranges(config, RANGES)
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
+    """Run (or resume) the study and return its summary (also written to summary.json): the
+    preset of overrides["preset"] with the given settings over it (`resolve`); `workdir`
+    wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
     # thresholds only choose what the table reports; more epochs go on where the runs ended
     with common.own_workdir(config, ignore=("thresholds",), may_grow=("epochs",)) as root:
         return _study(config, root, verbose)
@@ -384,7 +414,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
 
 
 def main(argv):
-    common.run_from_flags(argv, run, FLAG_NAMES)
+    common.run_from_flags(argv, run, SETTINGS)
 
 
 if __name__ == "__main__":

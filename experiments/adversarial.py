@@ -12,8 +12,14 @@ noise to a person and are classified with near certainty. The attacks are
     python -m experiments.adversarial \\
         --targets=runs/ladder/shallow/seed=0,runs/ladder/conv2/seed=0,runs/main
 
-With no --targets it trains one itself (the README's main job settings) in
-WORKDIR/target. For each target it reports the test error on clean images and under
+With no --targets it trains its own (the README's main job settings) in
+WORKDIR/target, and with --train=none,fgsm,pgd beside it the same net trained on
+adversarial examples of itself (Goodfellow et al.'s FGSM mix; Madry et al.'s PGD
+training, see `lib.adversarial.training`) in WORKDIR/target-fgsm and target-pgd:
+
+    python -m experiments.adversarial --train=none,fgsm,pgd --workdir=runs/adv_training
+
+For each target it reports the test error on clean images and under
 FGSM and PGD (L-inf) at each of --eps, the mean per-pixel RMS distortion of Szegedy's
 minimum distortion toward a random wrong label (L-BFGS with a search over c), and one
 fooling image per class with its confidence; with several targets, the error of each
@@ -27,46 +33,81 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
+from ml_collections import ConfigDict
 
 from experiments import common, mnist_convnet
 from lib.adversarial import attacks as adversarial
+from lib.adversarial import training as adversarial_training
+from lib.core import config as config_lib
 from lib.core import data, metrics, plots
-from lib.core.errors import UserError
+from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
+from lib.core.errors import ConfigError, UserError
 from lib.nielsen import nets
 
 FLAGS = flags.FLAGS
-# --workdir (default here runs/adversarial), --seed (PGD's start, the wrong labels, the
-# noise) and --train_size (of the net trained when no --targets) are mnist_convnet's.
-flags.DEFINE_list("targets", [], "Workdirs of finished mnist_convnet runs to attack.")
-flags.DEFINE_list("eps", ["0.05", "0.1", "0.2", "0.25", "0.3"], "L-inf budgets.")
-flags.DEFINE_integer("test_size", 1000, "Test images attacked by FGSM and PGD.")
-flags.DEFINE_integer("pgd_steps", 40, "PGD steps.")
-flags.DEFINE_float("pgd_step_size", None, "PGD step size; default 2.5 eps / --pgd_steps.")
-flags.DEFINE_integer("distortion_size", 100, "Test images for the minimum distortion.")
-flags.DEFINE_integer("lbfgs_iterations", 50, "L-BFGS iterations per penalty weight c.")
-flags.DEFINE_float("transfer_eps", 0.1, "FGSM budget of the transfer table.")
-flags.DEFINE_integer("target_epochs", 8, "Epochs of the net trained when no --targets.")
 
-RANGES = {"eps": common.Range(0, 1, open_low=True), "test_size": common.Range(1, 10_000),
-          "pgd_steps": common.AT_LEAST_1, "pgd_step_size": common.POSITIVE,
-          "distortion_size": common.AT_LEAST_1, "lbfgs_iterations": common.AT_LEAST_1,
-          "transfer_eps": common.Range(0, 1, open_low=True), "seed": common.NON_NEGATIVE,
-          "target_epochs": common.AT_LEAST_1, "train_size": common.AT_LEAST_1}  # fmt: skip
+EPS = Range(0, 1, open_low=True)
 
-FLAG_NAMES = ("targets", "workdir", "eps", "test_size", "pgd_steps", "pgd_step_size",
-              "distortion_size", "lbfgs_iterations", "transfer_eps", "seed", "target_epochs",
-              "train_size")  # fmt: skip
+# Every setting, declared once: the flags, the range checks and config.json derive from it.
+SETTINGS = (
+    Setting("targets", (), "Workdirs of finished mnist_convnet runs to attack.", kind=str),
+    Setting("workdir", "runs/adversarial", "Where the study writes."),
+    Setting("eps", (0.05, 0.1, 0.2, 0.25, 0.3), "L-inf budgets.", EPS),
+    Setting("test_size", 1000, "Test images attacked by FGSM and PGD.", Range(1, 10_000)),
+    Setting("pgd_steps", 40, "PGD steps.", AT_LEAST_1),
+    Setting(
+        "pgd_step_size", None, "PGD step size; default 2.5 eps / --pgd_steps.", POSITIVE, float
+    ),
+    Setting("distortion_size", 100, "Test images for the minimum distortion.", AT_LEAST_1),
+    Setting("lbfgs_iterations", 50, "L-BFGS iterations per penalty weight c.", AT_LEAST_1),
+    Setting("transfer_eps", 0.1, "FGSM budget of the transfer table.", EPS),
+    Setting("seed", 0, "Seed of PGD's start, the wrong labels and the noise.", NON_NEGATIVE),
+    Setting(
+        "train",
+        ("none",),
+        "With no --targets, the nets trained here (the README's main job settings), one "
+        "per entry: none, trained on clean images; fgsm or pgd, trained adversarially "
+        "(see experiments.mnist_convnet --adversarial_training).",
+        OneOf(("none", *adversarial_training.METHODS)),
+    ),
+    Setting("target_epochs", 8, "Epochs of the nets trained when no --targets.", AT_LEAST_1),
+    Setting(
+        "train_size",
+        None,
+        "Training images of the nets trained here; default all.",
+        AT_LEAST_1,
+        int,
+    ),
+    Setting(
+        "adversarial_eps", 0.25, "L-inf budget of adversarial training (--train=fgsm,pgd).", EPS
+    ),
+    Setting("adversarial_steps", 7, "PGD steps per training batch of --train=pgd.", AT_LEAST_1),
+    Setting(
+        "adversarial_warmup",
+        0.0,
+        "Epochs over which PGD training's budget grows from 0 (--train=pgd).",
+        NON_NEGATIVE,
+    ),
+)
+common.define_setting_flags(SETTINGS)
 
 # The README's main job: the net trained when no target is given.
 MAIN_JOB = {"net": "relu", "max_shift": 1, "batch_size": 100, "optimizer": "nesterov",
             "learning_rate": 0.05, "l2": 0.02, "schedule": "cosine"}  # fmt: skip
+
+
+def get_config() -> ConfigDict:
+    """The study's settings at their defaults."""
+    return config_lib.defaults(SETTINGS)
 
 
 class Target:
@@ -81,6 +122,11 @@ class Target:
                 f"or checkpoints/); train one first: python -m experiments.mnist_convnet "
                 f"--workdir={self.workdir}"
             )
+        if not (self.workdir / "summary.json").exists():
+            raise UserError(
+                f"{self.workdir} holds an unfinished run (no summary.json); finish it first: "
+                f"python -m experiments.mnist_convnet --workdir={self.workdir} resumes it"
+            )
         self.config = json.loads(config_file.read_text())
         if self.config.get("net") not in nets.RUNGS or self.config.get("ensemble", 1) != 1:
             raise UserError(
@@ -88,6 +134,9 @@ class Target:
                 f"{self.config.get('net')}, ensemble {self.config.get('ensemble')})"
             )
         self.name = self.config["net"]
+        trained_on = self.config.get("adversarial_training", "none")
+        if trained_on != "none":
+            self.name += f", {trained_on.upper()}-trained (eps {self.config['adversarial_eps']:g})"
         self.model = nets.create(
             self.config["net"],
             activation=self.config["activation"],
@@ -212,13 +261,16 @@ def _unique_names(targets: list[Target]) -> None:
             t.name = f"{t.name} ({t.workdir})"
 
 
-def run(config: dict, verbose: bool = True) -> dict:
-    """Attack every target; returns the summary (also written to WORKDIR/summary.json)."""
+def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+    """Attack every target (the given settings over the defaults); returns the summary
+    (also written to WORKDIR/summary.json)."""
+    config = get_config()
     try:
-        config = {**config, "eps": [float(e) for e in config["eps"]]}
-    except ValueError:
-        raise UserError(f"--eps must be numbers, got {','.join(config['eps'])}") from None
-    common.check_ranges(config, RANGES)
+        config_lib.override(config, {k: v for k, v in overrides.items() if v is not None})
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    config_lib.check(config, SETTINGS, prefix="--")
+    config = config_lib.as_dict(config)
     if config["distortion_size"] > config["test_size"]:
         raise UserError(
             f"--distortion_size={config['distortion_size']} must be at most --test_size="
@@ -227,8 +279,9 @@ def run(config: dict, verbose: bool = True) -> dict:
     paths = list(config["targets"])
     if len({Path(p).resolve() for p in paths}) < len(paths):
         raise UserError(f"--targets names a run twice: {','.join(paths)}")
+    if len(set(config["train"])) < len(config["train"]):
+        raise UserError(f"--train names a net twice: {','.join(config['train'])}")
     targets = [Target(p) for p in paths]  # a bad target is named before any work
-    config["workdir"] = config["workdir"] or "runs/adversarial"
     with common.own_workdir(config) as root:
         return _study(config, root, targets, verbose)
 
@@ -239,16 +292,26 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     writer = metrics.MetricsWriter(root)
     writer.write_json("config.json", config)
     if not targets:
-        workdir = root / "target"
-        say(f"no --targets: training the README's main job net in {workdir}", flush=True)
-        summary = mnist_convnet.run(
-            {**MAIN_JOB, "epochs": config["target_epochs"], "train_size": config["train_size"]},
-            str(workdir),
-            verbose=verbose,
-        )
-        if not summary["finished"]:
-            return {"finished": False}
-        targets = [Target(workdir)]
+        for method in config["train"]:
+            workdir = root / ("target" if method == "none" else f"target-{method}")
+            trained = "" if method == "none" else f", trained on {method.upper()} images"
+            say(f"no --targets: the README's main job net{trained}, in {workdir}", flush=True)
+            summary = mnist_convnet.run(
+                {
+                    **MAIN_JOB,
+                    "epochs": config["target_epochs"],
+                    "train_size": config["train_size"],
+                    "adversarial_training": method,
+                    "adversarial_eps": config["adversarial_eps"],
+                    "adversarial_steps": config["adversarial_steps"],
+                    "adversarial_warmup": config["adversarial_warmup"] if method == "pgd" else 0.0,
+                },
+                str(workdir),
+                verbose=verbose,
+            )
+            if not summary["finished"]:
+                return {"finished": False}
+            targets.append(Target(workdir))
     _unique_names(targets)
     started = time.perf_counter()
     test = data.mnist(order="book").test
@@ -300,7 +363,7 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
 
 
 def main(argv):
-    common.run_from_flags(argv, run, FLAG_NAMES)
+    common.run_from_flags(argv, run, SETTINGS)
 
 
 if __name__ == "__main__":

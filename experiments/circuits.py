@@ -29,82 +29,61 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from ml_collections import ConfigDict
 
 from experiments import common
-from lib.core.errors import UserError
+from lib.core import config as config_lib
+from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Setting
+from lib.core.errors import ConfigError, UserError
 from lib.core.metrics import prepare_workdir, write_json
 from lib.karpathy import gates
 from lib.karpathy import svm as svm_lib
 
 FLAGS = flags.FLAGS
 
-# Every flag with its default; `run(config)` takes a dict like this one.
-DEFAULTS: dict = {
-    "workdir": None,  # runs/circuits, or runs/circuits_check with --check
-    "seed": 0,
-    "tweak": 0.01,
-    "tries": 100,
-    "h": 1e-4,
-    "step_size": 0.01,
-    "check": [],
-    "check_batch": 2,
-    "check_coords": 10,
-    "check_h": 1e-6,
-    "check_tolerance": 1e-6,
-}
-
-# Other experiments define flags of the same names (workdir, seed); with allow_override
-# several of them can be imported into one process (tests, sweeps), the last one winning.
-_own = {"allow_override": True}
-flags.DEFINE_string(
-    "workdir",
-    DEFAULTS["workdir"],
-    "Where config.json and summary.json go; default runs/circuits, or "
-    "runs/circuits_check with --check.",
-    **_own,
+# Every setting of a run, declared once: the flags, the defaults (`get_config`), the range
+# checks and the saved config.json all derive from this list.
+SETTINGS = (
+    Setting(
+        "workdir",
+        None,
+        "Where config.json and summary.json go; default runs/circuits, or "
+        "runs/circuits_check with --check.",
+        kind=str,
+    ),
+    Setting("seed", 0, "Seed of the random search and of the gradient check."),
+    Setting("tweak", 0.01, "Random local search: the largest change of an input.", POSITIVE),
+    Setting("tries", 100, "Random local search: how many tweaks to try.", AT_LEAST_1),
+    Setting("h", 1e-4, "Numerical gradient: the nudge of each input.", POSITIVE),
+    Setting("step_size", 0.01, "The step taken along a gradient.", POSITIVE),
+    Setting(
+        "check",
+        (),
+        "Instead of the chapter, gradient-check these models (comma-separated names, or "
+        "'all'): the toy models neuron, svm, two_layer, linear_svm, rff_svm, and the MNIST "
+        "nets of lib.nielsen.nets (shallow, conv1, conv2, relu, ...).",
+        kind=str,
+    ),
+    Setting("check_batch", 2, "Gradient check: MNIST images in the batch.", AT_LEAST_1),
+    Setting(
+        "check_coords",
+        10,
+        "Gradient check: coordinates nudged per parameter array (0: all).",
+        NON_NEGATIVE,
+    ),
+    Setting("check_h", 1e-6, "Gradient check: the nudge, in float64.", POSITIVE),
+    Setting(
+        "check_tolerance", 1e-6, "Gradient check: the largest relative error passed.", POSITIVE
+    ),
 )
-flags.DEFINE_integer(
-    "seed", DEFAULTS["seed"], "Seed of the random search and of the gradient check.", **_own
-)
-flags.DEFINE_float(
-    "tweak", DEFAULTS["tweak"], "Random local search: the largest change of an input.", **_own
-)
-flags.DEFINE_integer(
-    "tries", DEFAULTS["tries"], "Random local search: how many tweaks to try.", **_own
-)
-flags.DEFINE_float("h", DEFAULTS["h"], "Numerical gradient: the nudge of each input.", **_own)
-flags.DEFINE_float("step_size", DEFAULTS["step_size"], "The step taken along a gradient.", **_own)
-flags.DEFINE_list(
-    "check",
-    DEFAULTS["check"],
-    "Instead of the chapter, gradient-check these models (comma-separated names, or 'all'): "
-    "the toy models neuron, svm, two_layer, linear_svm, rff_svm, and the MNIST nets of "
-    "lib.nielsen.nets (shallow, conv1, conv2, relu, ...).",
-    **_own,
-)
-flags.DEFINE_integer(
-    "check_batch", DEFAULTS["check_batch"], "Gradient check: MNIST images in the batch.", **_own
-)
-flags.DEFINE_integer(
-    "check_coords",
-    DEFAULTS["check_coords"],
-    "Gradient check: coordinates nudged per parameter array (0: all).",
-    **_own,
-)
-flags.DEFINE_float("check_h", DEFAULTS["check_h"], "Gradient check: the nudge, in float64.", **_own)
-flags.DEFINE_float(
-    "check_tolerance",
-    DEFAULTS["check_tolerance"],
-    "Gradient check: the largest relative error passed.",
-    **_own,
-)
+common.define_setting_flags(SETTINGS)
 
 TOY_CHECKS = ("neuron", "svm", "two_layer", "linear_svm", "rff_svm")
 
@@ -326,13 +305,21 @@ def resolve_check_names(requested: list[str]) -> list[str]:
 # The run -----------------------------------------------------------------------------
 
 
-def validate(config: dict) -> None:
-    for name in ("tweak", "h", "step_size", "check_h", "check_tolerance"):
-        if not config[name] > 0:
-            raise UserError(f"--{name} must be positive, got {config[name]}")
-    for name, low in (("tries", 1), ("check_batch", 1), ("check_coords", 0)):
-        if config[name] < low:
-            raise UserError(f"--{name} must be at least {low}, got {config[name]}")
+def get_config() -> ConfigDict:
+    """Every setting at its default."""
+    return config_lib.defaults(SETTINGS)
+
+
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The defaults with every non-None override over them, checked; a ConfigError (a
+    UserError) names each bad value. The workdir is left None when not given."""
+    config = get_config()
+    try:
+        config_lib.override(config, {k: v for k, v in overrides.items() if v is not None})
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    config_lib.check(config, SETTINGS, prefix="--")
+    return config
 
 
 def _fmt(values: list[float]) -> str:
@@ -392,8 +379,7 @@ def chapter(config: dict, say: Callable[..., None]) -> dict:
     return {"multiply_gate": gate, "add_multiply": am, "neuron": nr, "gates": gc}
 
 
-def check_mode(config: dict, say: Callable[..., None]) -> dict:
-    names = resolve_check_names(config["check"])
+def check_mode(config: dict, names: list[str], say: Callable[..., None]) -> dict:
     say(
         f"== Gradient check: jax.grad against central differences (float64, h = "
         f"{config['check_h']:g}, up to {config['check_coords'] or 'all'} coordinates per "
@@ -425,9 +411,11 @@ def check_mode(config: dict, say: Callable[..., None]) -> dict:
     return {"checks": results, "passed": not failed}
 
 
-def run(config: dict, verbose: bool = True) -> dict:
-    """The chapter, or the gradient checks when config['check'] names models."""
-    validate(config)
+def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+    """The chapter, or the gradient checks when the check setting names models, with the
+    given settings (or a whole config) over the defaults (`resolve`)."""
+    config = config_lib.as_dict(resolve(overrides))
+    names = resolve_check_names(config["check"]) if config["check"] else []
     default_workdir = "runs/circuits_check" if config["check"] else "runs/circuits"
     config = {**config, "workdir": config["workdir"] or default_workdir}
     workdir = prepare_workdir(config["workdir"])
@@ -437,7 +425,7 @@ def run(config: dict, verbose: bool = True) -> dict:
         from lib.core.errors import DataError
 
         try:
-            summary = check_mode(config, say)
+            summary = check_mode(config, names, say)
         except DataError as e:
             raise UserError(str(e)) from None
     else:
@@ -448,7 +436,7 @@ def run(config: dict, verbose: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    summary = common.run_from_flags(argv, run, DEFAULTS)
+    summary = common.run_from_flags(argv, run, SETTINGS)
     if not summary.get("passed", True):  # a failed gradient check
         sys.exit(1)
 

@@ -24,7 +24,7 @@ from lib.core.config import (  # noqa: F401
     check_values,
 )
 from lib.core.errors import DivergedError, UserError
-from lib.nielsen.train import DRIVERS, LAYOUTS
+from lib.nielsen import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
 
@@ -78,14 +78,18 @@ def define_setting_flags(settings: Iterable[Setting]) -> None:
     same, as experiments that read every flag expect. Several experiments may be imported
     into one process (the ladder, the sweep), so a name may be redefined."""
     own = {"allow_override": True}
+    # The flags belong to the experiment that declares the settings: --helpshort lists
+    # them as its own (absl names the main module after its file).
+    caller = sys._getframe(1).f_globals.get("__name__", "")
+    caller = sys.argv[0] if caller == "__main__" else caller
     for s in settings:
         # absl shows a flag's default itself; None means what the help says.
         help_text = s.help
         kind, default = setting_kind(s), s.default
-        if isinstance(s.valid, OneOf):
-            flags.DEFINE_enum(s.name, default, list(s.valid.choices), help_text, **own)
-        elif isinstance(default, tuple):
+        if isinstance(default, tuple):  # a list; its values are checked with the config
             flags.DEFINE_list(s.name, list(map(str, default)), help_text, **own)
+        elif isinstance(s.valid, OneOf):
+            flags.DEFINE_enum(s.name, default, list(s.valid.choices), help_text, **own)
         elif kind is bool:
             flags.DEFINE_bool(s.name, default, help_text, **own)
         elif kind is int:
@@ -94,6 +98,7 @@ def define_setting_flags(settings: Iterable[Setting]) -> None:
             flags.DEFINE_float(s.name, default, help_text, **own)
         else:
             flags.DEFINE_string(s.name, default, help_text, **own)
+        FLAGS.register_key_flag_for_module(caller, FLAGS[s.name])
 
 
 def define_program_flags() -> None:

@@ -49,12 +49,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from absl import app, flags
+from ml_collections import ConfigDict
 
 from experiments import common
+from lib.core import config as config_lib
 from lib.core import data as data_lib
+from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
+from lib.core.errors import ConfigError
 from lib.core.metrics import write_json
 from lib.core.stop import GracefulStop
 from lib.nielsen import augment, nets, studies
@@ -103,52 +109,89 @@ PRESETS: dict[str, dict] = {
 }
 TARGET = {"dropout_elastic": 99.65}  # test accuracy (%) the preset aims above
 
-_own = {"allow_override": True}  # other experiments define flags of the same names
-flags.DEFINE_enum("preset", "full", list(PRESETS), "Which study; see the module doc.", **_own)
-flags.DEFINE_string("workdir", "runs/expanded", "Where the study writes.", **_own)
-flags.DEFINE_enum("net", None, nets.NETS, "The rung of the ladder whose net trains.", **_own)
-flags.DEFINE_list(
-    "expansions", None, "Expansions to compare: none, or names joined by '+'.", **_own
+# Every setting of the study, declared once: the flags, the presets (`get_config`), the
+# range checks and the saved config.json all derive from this list. A setting whose
+# default is None, or no values, takes the preset's value, or else the net's rung's.
+SETTINGS = (
+    Setting("preset", "full", "Which study; see the module doc.", OneOf(tuple(PRESETS))),
+    Setting("workdir", "runs/expanded", "Where the study writes."),
+    Setting(
+        "net",
+        None,
+        "The rung of the ladder whose net trains; default: the preset's.",
+        OneOf(nets.NETS),
+        str,
+    ),
+    Setting(
+        "expansions",
+        (),
+        "Expansions to compare: none, or names joined by '+'; default: the preset's.",
+        kind=str,
+    ),
+    Setting(
+        "train_sizes",
+        (),
+        "Training-set sizes, before expansion; default: the preset's.",
+        Range(1, 50_000),  # MNIST's training part
+        int,
+    ),
+    Setting(
+        "validation_size",
+        None,
+        "Validate on the first N of the 10,000 validation images; default: the preset's.",
+        Range(1, 10_000),
+        int,
+    ),
+    Setting(
+        "seeds",
+        None,
+        "Seeds per run, trained as one vmapped program; default: the preset's.",
+        AT_LEAST_1,
+        int,
+    ),
+    Setting("seed", 0, "First seed; the members are seed, seed + 1, ...", NON_NEGATIVE),
+    Setting("epochs", None, "Epochs; default: the preset's, else the net's rung.", AT_LEAST_1, int),
+    Setting(
+        "min_steps",
+        None,
+        "Train each run for at least this many steps (more epochs for small sets), so the "
+        "size of the set, not the number of steps, limits what a small one learns; default: "
+        "the preset's.",
+        NON_NEGATIVE,
+        int,
+    ),
+    Setting("batch_size", None, "Mini-batch size; default: the rung's (10).", AT_LEAST_1, int),
+    Setting("learning_rate", None, "Learning rate eta; default: the rung's.", POSITIVE, float),
+    Setting("l2", None, "L2 regularisation lambda; default: the rung's.", NON_NEGATIVE, float),
+    Setting("max_shift", 2, "shift: up to this many pixels each way.", Range(0, 13)),
+    Setting("max_degrees", 15.0, "rotate: up to this many degrees either way.", Range(0, 180)),
+    Setting("max_skew", 0.3, "skew: shear factor up to this either way.", Range(0, 1)),
+    Setting("elastic_alpha", 34.0, "elastic: strength (Simard et al.: 34).", NON_NEGATIVE),
+    Setting("elastic_sigma", 4.0, "elastic: smoothness in pixels (Simard: 4).", POSITIVE),
+    *common.PROGRAM_SETTINGS,
 )
-flags.DEFINE_list("train_sizes", None, "Training-set sizes, before expansion.", **_own)
-flags.DEFINE_integer(
-    "validation_size", None, "Validate on the first N of the 10,000 validation images.", **_own
-)
-flags.DEFINE_integer("seeds", None, "Seeds per run, trained as one vmapped program.", **_own)
-flags.DEFINE_integer("seed", 0, "First seed; the members are seed, seed + 1, ...", **_own)
-flags.DEFINE_integer("epochs", None, "Epochs; default: the net's rung.", **_own)
-flags.DEFINE_integer(
-    "min_steps",
-    None,
-    "Train each run for at least this many steps (more epochs for small sets), so the "
-    "size of the set, not the number of steps, limits what a small one learns.",
-    **_own,
-)
-flags.DEFINE_integer("batch_size", None, "Mini-batch size; default: the rung's (10).", **_own)
-flags.DEFINE_float("learning_rate", None, "Learning rate eta; default: the rung's.", **_own)
-flags.DEFINE_float("l2", None, "L2 regularisation lambda; default: the rung's.", **_own)
-flags.DEFINE_integer("max_shift", 2, "shift: up to this many pixels each way.", **_own)
-flags.DEFINE_float("max_degrees", 15.0, "rotate: up to this many degrees either way.", **_own)
-flags.DEFINE_float("max_skew", 0.3, "skew: shear factor up to this either way.", **_own)
-flags.DEFINE_float("elastic_alpha", 34.0, "elastic: strength (Simard et al.: 34).", **_own)
-flags.DEFINE_float("elastic_sigma", 4.0, "elastic: smoothness in pixels (Simard: 4).", **_own)
-common.define_program_flags()
+common.define_setting_flags(SETTINGS)
+# The settings that, where neither the preset nor the command line sets them, are the
+# net's rung's (fields of lib.nielsen.nets.Rung).
+FROM_RUNG = ("epochs", "batch_size", "learning_rate", "l2")
 
-RANGES = {"validation_size": common.Range(1, 10_000), "seeds": common.AT_LEAST_1,
-          "seed": common.NON_NEGATIVE, "epochs": common.AT_LEAST_1,
-          "min_steps": common.NON_NEGATIVE, "batch_size": common.AT_LEAST_1,
-          "learning_rate": common.POSITIVE, "l2": common.NON_NEGATIVE,
-          "max_shift": common.Range(0, 13), "max_degrees": common.Range(0, 180),
-          "max_skew": common.Range(0, 1), "elastic_alpha": common.NON_NEGATIVE,
-          "elastic_sigma": common.POSITIVE, **common.PROGRAM_RANGES}  # fmt: skip
 
-FLAG_NAMES = ("preset", "workdir", "net", "expansions", "train_sizes", "validation_size",
-              "seeds", "seed", "epochs", "min_steps", "batch_size", "learning_rate", "l2",
-              "max_shift", "max_degrees", "max_skew", "elastic_alpha", "elastic_sigma",
-              *common.PROGRAM_DEFAULTS)  # fmt: skip
-DEFAULTS = {"preset": "full", "workdir": "runs/expanded", "seed": 0, "max_shift": 2,
-            "max_degrees": 15.0, "max_skew": 0.3, "elastic_alpha": 34.0, "elastic_sigma": 4.0,
-            **common.PROGRAM_DEFAULTS}  # fmt: skip
+def get_config(preset: str = "full") -> ConfigDict:
+    """The study `preset` as a config: its settings over every other setting's default;
+    those it leaves to the net (FROM_RUNG) stay None until `resolve`."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
+    return config_lib.preset(SETTINGS, {"preset": preset, **PRESETS[preset]})
+
+
+def _given(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of `overrides` that are set: neither None nor an empty list (both mean
+    the preset's value)."""
+    return {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and not (isinstance(v, (list, tuple)) and not v)
+    }
 
 
 def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.AugmentConfig | None]:
@@ -162,12 +205,12 @@ def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.Augment
         return "none", False, None
     for name in names:
         if name not in EXPANSIONS:
-            raise train_lib.ConfigError(
+            raise ConfigError(
                 f"unknown expansion '{name}' in '{spec}'; use none, or join names of "
                 f"{', '.join(EXPANSIONS)} with '+'"
             )
     if not names:
-        raise train_lib.ConfigError("an empty expansion; use none, or names joined by '+'")
+        raise ConfigError("an empty expansion; use none, or names joined by '+'")
     canonical = "+".join(n for n in EXPANSIONS if n in names)
     strengths = {
         "shift": {"max_shift": config["max_shift"]},
@@ -179,10 +222,10 @@ def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.Augment
     try:
         aug = augment.AugmentConfig(**chosen, elastic_sigma=config["elastic_sigma"])
     except (ValueError, TypeError) as e:
-        raise train_lib.ConfigError(str(e)) from None
+        raise ConfigError(str(e)) from None
     if chosen and not aug.enabled:
         zero = next(k for k, v in chosen.items() if not v)
-        raise train_lib.ConfigError(f"'{canonical}' asks for {zero}=0, which turns it off")
+        raise ConfigError(f"'{canonical}' asks for {zero}=0, which turns it off")
     return canonical, "fixed" in names, aug if aug.enabled else None
 
 
@@ -199,53 +242,37 @@ def label(expansion: str, config: dict) -> str:
     return " + ".join(words[n] for n in expansion.split("+"))
 
 
-def resolve(config: dict) -> dict:
-    """The preset, the net's rung for what neither sets, and every given (non-None) setting
-    over them; raises ConfigError for settings that cannot run."""
-    out = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    if out["preset"] not in PRESETS:
-        raise train_lib.ConfigError(
-            f"unknown preset '{out['preset']}'; choose from {', '.join(PRESETS)}"
-        )
-    for name, value in PRESETS[out["preset"]].items():
-        if out.get(name) is None:
-            out[name] = value
-    if out["net"] not in nets.RUNGS:
-        raise train_lib.ConfigError(
-            f"unknown net '{out['net']}'; choose from {', '.join(nets.NETS)}"
-        )
-    rung = nets.RUNGS[out["net"]]
-    for name in ("epochs", "batch_size", "learning_rate", "l2"):
-        if out.get(name) is None:
-            out[name] = getattr(rung, name)
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The preset of overrides["preset"] (default full) with every given setting over it
+    (`_given`) and the net's rung for what neither sets, checked against the settings'
+    ranges; a ConfigError names each bad one, or says why the study cannot run."""
+    values = _given(overrides)
+    config = get_config(values.get("preset", "full"))
     try:
-        out["train_sizes"] = [int(n) for n in out["train_sizes"]]
-    except ValueError:
-        raise train_lib.ConfigError(
-            f"train_sizes must be whole numbers, got {','.join(map(str, out['train_sizes']))}"
+        config_lib.override(config, values)
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    if config.net not in nets.RUNGS:
+        raise ConfigError(f"unknown net '{config.net}'; choose from {', '.join(nets.NETS)}")
+    rung = nets.RUNGS[config.net]
+    for name in FROM_RUNG:
+        if config[name] is None:
+            config[name] = getattr(rung, name)
+    try:
+        config.train_sizes = tuple(int(n) for n in config.train_sizes)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"train_sizes must be whole numbers, got {','.join(map(str, config.train_sizes))}"
         ) from None
-    bad = [n for n in out["train_sizes"] if not 0 < n <= 50_000]
-    if bad or not out["train_sizes"]:
-        raise train_lib.ConfigError(
-            f"each train size must be in [1, 50000] (MNIST's training part), got "
-            f"{bad[0] if bad else 'none'}"
-        )
-    if out["seeds"] < 1:
-        raise train_lib.ConfigError(f"seeds must be at least 1, got {out['seeds']}")
-    if out["validation_size"] is not None and not 0 < out["validation_size"] <= 10_000:
-        raise train_lib.ConfigError(
-            f"validation_size must be in [1, 10000], got {out['validation_size']}"
-        )
-    if out["min_steps"] < 0:
-        raise train_lib.ConfigError(f"min_steps must not be negative, got {out['min_steps']}")
-    specs = [s.strip() for s in out["expansions"] if s.strip()]
+    config_lib.check(config, SETTINGS, prefix="--")
+    specs = [s.strip() for s in config.expansions if s.strip()]
     if not specs:
-        raise train_lib.ConfigError("no expansions given; for example --expansions=none,fixed")
-    out["expansions"] = list(dict.fromkeys(parse_expansion(s, out)[0] for s in specs))
-    for spec in out["expansions"]:
-        for n in out["train_sizes"]:
-            train_lib.validate(train_config(out, spec, n), n)
-    return out
+        raise ConfigError("no expansions given; for example --expansions=none,fixed")
+    config.expansions = tuple(dict.fromkeys(parse_expansion(s, config)[0] for s in specs))
+    for spec in config.expansions:
+        for n in config.train_sizes:
+            train_lib.validate(train_config(config, spec, n), n)
+    return config
 
 
 def epochs_for(config: dict, n_virtual: int) -> int:
@@ -344,10 +371,13 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
     )
 
 
-def run(config: dict, workdir: str | None = None, verbose: bool = True) -> dict:
-    """Run (or resume) the study; returns its summary (also written to summary.json)."""
-    config = resolve({**config, "workdir": workdir or config.get("workdir")})
-    common.check_ranges(config, RANGES)
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
+    """Run (or resume) the study and return its summary (also written to summary.json): the
+    preset of overrides["preset"] with the given settings over it (`resolve`); `workdir`
+    wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
     # more epochs (or steps) go on from where the runs ended, as if they had never stopped
     with common.own_workdir(config, may_grow=("epochs", "min_steps")) as root:
         return _study(config, root, verbose)
@@ -457,7 +487,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
 
 
 def main(argv):
-    common.run_from_flags(argv, run, FLAG_NAMES)
+    common.run_from_flags(argv, run, SETTINGS)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ TFDS's stored order instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -44,6 +45,7 @@ from flax import linen as nn
 from ml_collections import ConfigDict
 
 from experiments import common
+from lib.adversarial import training as adversarial_training
 from lib.core import config as config_lib
 from lib.core import data as data_lib
 from lib.core import metrics, plots
@@ -119,9 +121,45 @@ SETTINGS = (
     Setting(
         "init", "book", "Weight initialisation: N(0, 1/n_out) or N(0, 1/n_in).", OneOf(layers.INITS)
     ),
+    Setting(
+        "adversarial_training",
+        "none",
+        "Train on adversarial examples of the net itself, made at every step: fgsm "
+        "(Goodfellow et al. 2014: the cost half on clean, half on FGSM images) or pgd "
+        "(Madry et al. 2017: on PGD images only).",
+        OneOf(("none", *adversarial_training.METHODS)),
+    ),
+    Setting(
+        "adversarial_eps",
+        0.25,
+        "L-inf budget of the training attack (Goodfellow et al.: 0.25; Madry et al.: 0.3).",
+        Range(0, 1, open_low=True),
+    ),
+    Setting(
+        "adversarial_weight",
+        None,
+        "Share of the clean images' cost in adversarial training; default 0.5 for fgsm, 0 for pgd.",
+        FRACTION,
+        float,
+    ),
+    Setting(
+        "adversarial_steps",
+        7,
+        "PGD steps per training batch (Madry et al.: 40), of 2.5 eps / steps each.",
+        AT_LEAST_1,
+    ),
+    Setting(
+        "adversarial_warmup",
+        0.0,
+        "Epochs over which the training attack's budget grows from 0 to its eps.",
+        NON_NEGATIVE,
+    ),
     *common.PROGRAM_SETTINGS,
 )
 common.define_setting_flags(SETTINGS)
+
+# The settings of adversarial training, None in a run without it.
+ADVERSARIAL = ("adversarial_eps", "adversarial_weight", "adversarial_steps", "adversarial_warmup")
 
 # The settings a rung presets: those named as a field of nets.Rung.
 PRESET = tuple(s.name for s in SETTINGS if s.name in nets.Rung.__dataclass_fields__)
@@ -148,7 +186,27 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
         raise ConfigError(str(e)) from None
     config_lib.check(resolved, SETTINGS, prefix="--")
     resolved.workdir = resolved.workdir or f"runs/mnist/{resolved.net}"
+    if resolved.adversarial_training == "none":  # no attack in training: nothing to set
+        for name in ADVERSARIAL:
+            resolved[name] = None
     return resolved
+
+
+def adversary(
+    config: Mapping[str, Any], steps_per_epoch: int
+) -> adversarial_training.Adversary | None:
+    """The attack that a run with `config` trains against, or None."""
+    method = config["adversarial_training"]
+    if method == "none":
+        return None
+    weight = config["adversarial_weight"]
+    return adversarial_training.Adversary(
+        method=method,
+        eps=config["adversarial_eps"],
+        clean_weight=(0.5 if method == "fgsm" else 0.0) if weight is None else weight,
+        steps=config["adversarial_steps"],
+        warmup_steps=round(config["adversarial_warmup"] * steps_per_epoch),
+    )
 
 
 def _pct(x: float | None) -> str:
@@ -194,7 +252,10 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
         ensemble_layout=config["ensemble_layout"],
         num_devices=config["num_devices"],
     )
-    train_lib.validate(train_config, config["train_size"] or 50_000)
+    n_train = config["train_size"] or 50_000
+    train_lib.validate(train_config, n_train)
+    steps_per_epoch = train_lib.virtual_train_size(n_train, train_config) // config["batch_size"]
+    train_config = dataclasses.replace(train_config, adversary=adversary(config, steps_per_epoch))
     # More epochs go on from where the run ended, as if it had never stopped; not so under
     # a cosine schedule, which the number of epochs sets from the first step.
     grows = ("epochs",) if config["schedule"] == "constant" else ()
@@ -231,6 +292,12 @@ def _train(
             f"{info['steps_per_epoch']} steps/epoch, {info['devices']} device(s), "
             f"{info['driver']} driver"
             + (f", {config['ensemble']} nets ({info['layout']})" if info["layout"] else "")
+            + (
+                f", trained on {config['adversarial_training'].upper()} images (eps "
+                f"{config['adversarial_eps']:g})"
+                if train_config.adversary
+                else ""
+            )
             + f"; {what}",
             flush=True,
         )

@@ -27,148 +27,97 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from ml_collections import ConfigDict
 
 from experiments import common
-from lib.core.errors import UserError
+from lib.core import config as config_lib
+from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, Setting
+from lib.core.errors import ConfigError, UserError
 from lib.core.metrics import prepare_workdir, write_json
 from lib.karpathy import svm as svm_lib
 
 FLAGS = flags.FLAGS
 
-# Every flag with its default; `run(config)` takes a dict like this one.
-DEFAULTS: dict = {
-    "workdir": "runs/svm",
-    "seed": 0,
-    "step_size": 0.01,
-    "reg": 0.1,
-    "eval_every": 25,
-    "max_iterations": 5000,
-    "loss_steps": 2000,
-    "net_hidden": 3,
-    "net_reg": 1e-3,
-    "mnist": True,
-    "mnist_train_size": None,
-    "mnist_epochs": 10,
-    "mnist_batch_size": 100,
-    "mnist_learning_rate": 0.01,
-    "mnist_reg": 1e-4,
-    "rff_features": 4096,
-    "rff_gamma": 0.02,
-    "rff_learning_rate": 1.0,
-}
-
-# Other experiments define flags of the same names (workdir, seed); with allow_override
-# several of them can be imported into one process (tests, sweeps), the last one winning.
-_own = {"allow_override": True}
-flags.DEFINE_string(
-    "workdir",
-    DEFAULTS["workdir"],
-    "Where config.json, summary.json, metrics.jsonl and plots go.",
-    **_own,
+# Every setting of a run, declared once: the flags, the defaults (`get_config`), the range
+# checks and the saved config.json all derive from this list.
+SETTINGS = (
+    Setting("workdir", "runs/svm", "Where config.json, summary.json, metrics.jsonl and plots go."),
+    Setting("seed", 0, "Seed for the choice of points, initialisation and shuffling."),
+    Setting(
+        "step_size",
+        0.01,
+        "Toy models: the SGD step size (and the loss SVM's learning rate).",
+        POSITIVE,
+    ),
+    Setting(
+        "reg",
+        0.1,
+        "Toy SVM: regularisation strength, the pull -reg * a on a and b at every step. The "
+        "text's 1.0 is so strong that the loss's minimum misclassifies one point.",
+        NON_NEGATIVE,
+    ),
+    Setting("eval_every", 25, "Toy models: iterations between accuracy reports.", AT_LEAST_1),
+    Setting("max_iterations", 5000, "Toy models: give up after this many SGD steps.", AT_LEAST_1),
+    Setting("loss_steps", 2000, "Loss SVM: full-batch gradient steps.", AT_LEAST_1),
+    Setting("net_hidden", 3, "2-layer net: ReLU units in the hidden layer.", AT_LEAST_1),
+    Setting("net_reg", 1e-3, "2-layer net: L2 regularisation of the weights.", NON_NEGATIVE),
+    Setting("mnist", True, "Also train the multiclass SVMs on MNIST."),
+    Setting(
+        "mnist_train_size",
+        None,
+        "MNIST: keep only the first N training images (quick runs).",
+        Range(1, 50_000),
+        int,
+    ),
+    Setting("mnist_epochs", 10, "MNIST: epochs of minibatch SGD.", AT_LEAST_1),
+    Setting("mnist_batch_size", 100, "MNIST: minibatch size.", AT_LEAST_1),
+    Setting(
+        "mnist_learning_rate", 0.01, "MNIST linear SVM on pixels: peak learning rate.", POSITIVE
+    ),
+    Setting("mnist_reg", 1e-4, "MNIST: L2 regularisation of the weights.", NON_NEGATIVE),
+    Setting(
+        "rff_features", 4096, "MNIST: random Fourier features (0: skip the RFF SVM).", NON_NEGATIVE
+    ),
+    Setting(
+        "rff_gamma", 0.02, "MNIST: RBF kernel width gamma in exp(-gamma ||x - x'||^2).", POSITIVE
+    ),
+    Setting("rff_learning_rate", 1.0, "MNIST RFF SVM: peak learning rate.", POSITIVE),
 )
-flags.DEFINE_integer(
-    "seed", DEFAULTS["seed"], "Seed for the choice of points, initialisation and shuffling.", **_own
-)
-flags.DEFINE_float(
-    "step_size",
-    DEFAULTS["step_size"],
-    "Toy models: the SGD step size (and the loss SVM's learning rate).",
-    **_own,
-)
-flags.DEFINE_float(
-    "reg",
-    DEFAULTS["reg"],
-    "Toy SVM: regularisation strength, the pull -reg * a on a and b at every step. The "
-    "text's 1.0 is so strong that the loss's minimum misclassifies one point.",
-    **_own,
-)
-flags.DEFINE_integer(
-    "eval_every", DEFAULTS["eval_every"], "Toy models: iterations between accuracy reports.", **_own
-)
-flags.DEFINE_integer(
-    "max_iterations",
-    DEFAULTS["max_iterations"],
-    "Toy models: give up after this many SGD steps.",
-    **_own,
-)
-flags.DEFINE_integer(
-    "loss_steps", DEFAULTS["loss_steps"], "Loss SVM: full-batch gradient steps.", **_own
-)
-flags.DEFINE_integer(
-    "net_hidden", DEFAULTS["net_hidden"], "2-layer net: ReLU units in the hidden layer.", **_own
-)
-flags.DEFINE_float(
-    "net_reg", DEFAULTS["net_reg"], "2-layer net: L2 regularisation of the weights.", **_own
-)
-flags.DEFINE_bool("mnist", DEFAULTS["mnist"], "Also train the multiclass SVMs on MNIST.", **_own)
-flags.DEFINE_integer(
-    "mnist_train_size",
-    DEFAULTS["mnist_train_size"],
-    "MNIST: keep only the first N training images (quick runs).",
-    **_own,
-)
-flags.DEFINE_integer(
-    "mnist_epochs", DEFAULTS["mnist_epochs"], "MNIST: epochs of minibatch SGD.", **_own
-)
-flags.DEFINE_integer(
-    "mnist_batch_size", DEFAULTS["mnist_batch_size"], "MNIST: minibatch size.", **_own
-)
-flags.DEFINE_float(
-    "mnist_learning_rate",
-    DEFAULTS["mnist_learning_rate"],
-    "MNIST linear SVM on pixels: peak learning rate.",
-    **_own,
-)
-flags.DEFINE_float(
-    "mnist_reg", DEFAULTS["mnist_reg"], "MNIST: L2 regularisation of the weights.", **_own
-)
-flags.DEFINE_integer(
-    "rff_features",
-    DEFAULTS["rff_features"],
-    "MNIST: random Fourier features (0: skip the RFF SVM).",
-    **_own,
-)
-flags.DEFINE_float(
-    "rff_gamma",
-    DEFAULTS["rff_gamma"],
-    "MNIST: RBF kernel width gamma in exp(-gamma ||x - x'||^2).",
-    **_own,
-)
-flags.DEFINE_float(
-    "rff_learning_rate", DEFAULTS["rff_learning_rate"], "MNIST RFF SVM: peak learning rate.", **_own
-)
-
-GRID = (np.linspace(-2.5, 4.0, 131), np.linspace(-4.0, 2.5, 131))
+common.define_setting_flags(SETTINGS)
 
 
-def validate(config: dict) -> None:
-    positive = ("step_size", "mnist_learning_rate", "rff_gamma", "rff_learning_rate")
-    for name in positive:
-        if not config[name] > 0:
-            raise UserError(f"--{name} must be positive, got {config[name]}")
-    for name in ("reg", "net_reg", "mnist_reg"):
-        if not config[name] >= 0:
-            raise UserError(f"--{name} must not be negative, got {config[name]}")
-    at_least = {"eval_every": 1, "max_iterations": 1, "loss_steps": 1, "net_hidden": 1,
-                "mnist_epochs": 1, "mnist_batch_size": 1, "rff_features": 0}  # fmt: skip
-    for name, low in at_least.items():
-        if config[name] < low:
-            raise UserError(f"--{name} must be at least {low}, got {config[name]}")
-    size = config["mnist_train_size"]
-    if size is not None and not 1 <= size <= 50_000:
-        raise UserError(f"--mnist_train_size must be in [1, 50000], got {size}")
-    if size is not None and size < config["mnist_batch_size"]:
+def get_config() -> ConfigDict:
+    """Every setting at its default."""
+    return config_lib.defaults(SETTINGS)
+
+
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The defaults with every non-None override over them, checked; a ConfigError (a
+    UserError) names each bad value."""
+    config = get_config()
+    try:
+        config_lib.override(config, {k: v for k, v in overrides.items() if v is not None})
+    except TypeError as e:  # a value of the wrong type for its field
+        raise ConfigError(str(e)) from None
+    config_lib.check(config, SETTINGS, prefix="--")
+    size = config.mnist_train_size
+    if size is not None and size < config.mnist_batch_size:
         raise UserError(
             f"--mnist_train_size ({size}) must be at least --mnist_batch_size "
-            f"({config['mnist_batch_size']})"
+            f"({config.mnist_batch_size})"
         )
+    return config
+
+
+GRID = (np.linspace(-2.5, 4.0, 131), np.linspace(-4.0, 2.5, 131))
 
 
 def _params(p: dict) -> dict:
@@ -416,9 +365,10 @@ def mnist_svms(config: dict, workdir: Path, say: Callable[..., None]) -> dict:
     return results
 
 
-def run(config: dict, verbose: bool = True) -> dict:
-    """The toy models, their plot, and (unless config['mnist'] is off) the MNIST SVMs."""
-    validate(config)
+def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+    """The toy models, their plot, and (unless the mnist setting is off) the MNIST SVMs,
+    with the given settings (or a whole config) over the defaults (`resolve`)."""
+    config = config_lib.as_dict(resolve(overrides))
     workdir = prepare_workdir(config["workdir"])
     write_json(workdir / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
@@ -437,7 +387,7 @@ def run(config: dict, verbose: bool = True) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    common.run_from_flags(argv, run, DEFAULTS)
+    common.run_from_flags(argv, run, SETTINGS)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Grid and random sweeps over any experiment module's flags.
+"""Grid and random sweeps over the settings of any experiment module (its SETTINGS).
 
     python -m launch.sweep experiments.mnist_convnet --sweep_dir=runs/lr_seed \\
         --grid learning_rate=0.01,0.03,0.1 --grid seed=0,1,2 \\
@@ -268,14 +268,14 @@ def run_name(flag_values: dict[str, str]) -> str:
 
 @dataclass
 class ModuleFlags:
-    """The experiment module, imported, and the absl flags that it defines."""
+    """The experiment module, imported, and the settings it declares (its `SETTINGS`, as
+    lib.core.config's `Setting`s), each a flag of the same name."""
 
     module: object
-    own_flags: list[str]
+    settings: tuple
 
     @classmethod
     def load(cls, module_name: str) -> ModuleFlags:
-        before = set(flags.FLAGS)
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
@@ -283,31 +283,32 @@ class ModuleFlags:
                 raise SpecError(f"no module named {module_name!r}") from None
             raise
         settings = getattr(module, "SETTINGS", None)
-        if settings is not None:  # an experiment declared by its settings (lib.core.config)
-            return cls(module, [s.name for s in settings])
-        # The module's own flags (and its package's), not those of libraries it imports.
-        package = module_name.rpartition(".")[0]
-        own = {
-            f.name
-            for where, defined in flags.FLAGS.flags_by_module_dict().items()
-            if where == module_name or (package and where.startswith(package + "."))
-            for f in defined
-        }
-        return cls(module, sorted((own or set(flags.FLAGS)) - before))
+        if settings is None:
+            raise SpecError(
+                f"{module_name} declares no SETTINGS: a sweep runs experiments declared by "
+                "their settings (see lib.core.config)"
+            )
+        return cls(module, tuple(settings))
 
     def parse(self, args: Sequence[str]) -> dict:
-        """Parses a run's command line with the module's flag types (resetting earlier runs')."""
+        """The settings a run's command line gives, parsed with the module's flag types
+        (resetting earlier runs') and checked against their ranges; the experiment's
+        config has the rest."""
+        from experiments import common  # imported by the experiment already
+        from lib.core import config as config_lib
+        from lib.core.errors import UserError
+
         flags.FLAGS.unparse_flags()
         try:
             flags.FLAGS([PROG, *args])
         except flags.Error as e:
             raise SpecError(f"{self.module.__name__}: {str(e).splitlines()[0]}") from None
-        settings = getattr(self.module, "SETTINGS", None)
-        if settings is not None:  # the settings given; the experiment's config has the rest
-            from experiments import common  # imported by the experiment already
-
-            return common.given_settings(settings)
-        return {name: flags.FLAGS[name].value for name in self.own_flags}
+        try:  # a value out of its range is refused before any run starts
+            given = common.given_settings(self.settings)
+            config_lib.check(given, self.settings, prefix="--")
+        except UserError as e:
+            raise SpecError(f"{self.module.__name__}: {e}") from None
+        return given
 
 
 def run_args(workdir: str, run: dict[str, str], fixed: Sequence[str]) -> list[str]:

@@ -1,11 +1,12 @@
-"""A stand-in experiment for the sweep tests: the experiment contract without JAX.
+"""A stand-in experiment for the sweep tests: the experiment contract without training.
 
-It keeps the contract every module in experiments/ keeps: absl flags, `--workdir`,
-config.json and metrics.jsonl during the run, summary.json only at the end, a
-"checkpoint" it resumes from, and `run(config, workdir) -> summary` for sweeps that
-run in one process. Its accuracies are a known function of the flags, and the test
-accuracy runs opposite to the validation accuracy, so a ranking that looked at the
-test numbers would come out reversed.
+It keeps the contract every module in experiments/ keeps: its settings declared once as
+`SETTINGS` (lib.core.config), one absl flag per setting, `--workdir`, config.json and
+metrics.jsonl during the run, summary.json only at the end, a "checkpoint" it resumes
+from, and `run(overrides, workdir) -> summary` for sweeps that run in one process,
+taking the settings given over the defaults. Its accuracies are a known function of the
+settings, and the test accuracy runs opposite to the validation accuracy, so a ranking
+that looked at the test numbers would come out reversed.
 
     python -m tests.fake_experiment --workdir=/tmp/fake --learning_rate=0.01 --seed=1
 """
@@ -19,17 +20,26 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from absl import app, flags
+from ml_collections import ConfigDict
 
-flags.DEFINE_string("workdir", None, "Where the run writes its files.")
-flags.DEFINE_float("learning_rate", 0.1, "Pretend learning rate; validation peaks at 0.01.")
-flags.DEFINE_integer("seed", 0, "Pretend seed; nudges the accuracies.")
-flags.DEFINE_integer("epochs", 3, "Pretend epochs; each one is checkpointed.")
-flags.DEFINE_float("sleep_s", 0.0, "Seconds each epoch takes.")
-flags.DEFINE_float("fail_above", math.inf, "Raise an error when learning_rate exceeds this.")
-flags.DEFINE_float("stop_s", 0.0, "On SIGTERM, seconds spent 'saving' before stopping.")
-flags.register_validator("epochs", lambda n: n >= 1, message="--epochs must be at least 1")
+from experiments import common
+from lib.core import config as config_lib
+from lib.core.config import AT_LEAST_1, Setting
+
+SETTINGS = (
+    Setting("workdir", None, "Where the run writes its files.", kind=str),
+    Setting("learning_rate", 0.1, "Pretend learning rate; validation peaks at 0.01."),
+    Setting("seed", 0, "Pretend seed; nudges the accuracies."),
+    Setting("epochs", 3, "Pretend epochs; each one is checkpointed.", AT_LEAST_1),
+    Setting("sleep_s", 0.0, "Seconds each epoch takes."),
+    Setting("fail_above", math.inf, "Raise an error when learning_rate exceeds this."),
+    Setting("stop_s", 0.0, "On SIGTERM, seconds spent 'saving' before stopping."),
+)
+common.define_setting_flags(SETTINGS)
 
 CALLS_IN_THIS_PROCESS = 0
 
@@ -55,7 +65,16 @@ class _StopOnSigterm:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def run(config: dict, workdir: str) -> dict:
+def get_config() -> ConfigDict:
+    """Every setting at its default."""
+    return config_lib.defaults(SETTINGS)
+
+
+def run(overrides: Mapping[str, Any], workdir: str) -> dict:
+    """One pretend run in `workdir`, with the given settings over the defaults."""
+    config = config_lib.override(get_config(), {**overrides, "workdir": workdir})
+    config_lib.check(config, SETTINGS, prefix="--")
+    config = config_lib.as_dict(config)
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, ".in_use"), "a") as in_use:
         try:  # two processes in one workdir would be a launcher bug
@@ -113,17 +132,11 @@ def _run(config: dict, workdir: str, stop: _StopOnSigterm) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS.workdir:
         print("fake_experiment: error: --workdir is required", file=sys.stderr)
         sys.exit(2)
-    names = ("workdir", "learning_rate", "seed", "epochs", "sleep_s", "fail_above", "stop_s")
-    config = {name: flags.FLAGS[name].value for name in names}
-    if not run(config, flags.FLAGS.workdir)["finished"]:
-        print("stopped; run again to resume")
-        sys.exit(3)
+    common.run_from_flags(argv, lambda given: run(given, given["workdir"]), SETTINGS)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=common.parse_flags)

@@ -9,6 +9,8 @@ import pytest
 from commands import run_module
 
 from experiments import activations
+from lib.core import config as config_lib
+from lib.core.errors import ConfigError
 from lib.nielsen import studies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +59,33 @@ def test_quick_setting_writes_the_study(tmp_path):
     assert summary["variants"]["tanh"]["vs_tanh"] == {"mean_pp": 0.0, "final_pp": 0.0}
 
 
+def test_a_preset_is_the_config_and_given_settings_go_over_it():
+    quick = config_lib.as_dict(activations.get_config("quick"))
+    assert (quick["seeds"], quick["epochs"], quick["train_size"]) == (2, 8, 5000)
+    assert quick["thresholds"] == [90.0, 95.0, 98.5, 99.0]
+    assert quick["variants"] == list(activations.VARIANTS)
+    given = {"preset": "quick", "variants": ["tanh", " relu", "tanh"], "thresholds": [90]}
+    resolved = config_lib.as_dict(activations.resolve(given))
+    assert resolved == {**quick, "variants": ["tanh", "relu"], "thresholds": [90.0]}
+    # Every setting at its default, as the flags hold them, resolves as the given ones alone.
+    every = {s.name: s.default for s in activations.SETTINGS}
+    assert config_lib.as_dict(activations.resolve({**every, **given})) == resolved
+    assert set(resolved) == {s.name for s in activations.SETTINGS}
+
+
+def test_bad_settings_in_process_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown preset 'slow'"):
+        activations.resolve({"preset": "slow"})
+    with pytest.raises(ConfigError, match=r"--seeds=0 must be >= 1; --epochs=0 must be >= 1"):
+        activations.resolve({"seeds": 0, "epochs": 0})
+    with pytest.raises(ConfigError, match="thresholds must be percentages, got high"):
+        activations.resolve({"thresholds": ["high"]})
+    with pytest.raises(ConfigError, match="unknown setting seeeds"):
+        activations.resolve({"seeeds": 2})
+    with pytest.raises(ConfigError, match="batch size 6000 is larger than the 5000"):
+        activations.resolve({"preset": "quick", "batch_size": 6000})
+
+
 def test_study_helpers():
     assert studies.first_epoch_at([0.9, 0.985, 0.99], 0.985) == 2
     assert studies.first_epoch_at([0.9, 0.95], 0.99) is None
@@ -69,9 +98,13 @@ def test_study_helpers():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--variants=tanh,swish"], "unknown variant 'swish'"),
-        (["--seeds=0"], "seeds must be at least 1"),
-        (["--thresholds=high"], "thresholds must be percentages"),
+        (["--variants=tanh,swish"], "--variants=tanh,swish must be one of sigmoid, tanh"),
+        (["--seeds=0"], "--seeds=0 must be >= 1"),
+        (["--thresholds=high"], "--thresholds takes float values, got high"),
+        (["--thresholds=0,99"], "--thresholds=0.0,99.0 must be in (0, 100]"),
+        (["--epochs=0"], "--epochs=0 must be >= 1"),
+        (["--batch_size=0"], "--batch_size=0 must be >= 1"),
+        (["--train_size=60000"], "--train_size=60000 must be in [1, 50000]"),
     ],
 )
 def test_bad_flags_get_one_clear_line(args, message):

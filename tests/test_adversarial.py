@@ -2,13 +2,16 @@
 against the closed form of a linear model, and fooling images reaching their confidence."""
 
 import json
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from commands import run_module
+from commands import ROOT, run_module
 
 from lib.adversarial import attacks as adversarial
 
@@ -127,10 +130,25 @@ def two_targets(tmp_path_factory):
 SMALL = ["--test_size=60", "--distortion_size=4", "--pgd_steps=3", "--lbfgs_iterations=5"]
 
 
-def test_the_experiment_attacks_finished_runs_and_resumes(two_targets, tmp_path):
+def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(two_targets, tmp_path):
+    """Killed (SIGKILL) once the first target is done, the study goes on from the second
+    on a rerun (the killed process's lock does not block it); rerun once finished, it
+    redoes nothing; with another budget, it refuses the workdir."""
     args = [f"--targets={','.join(map(str, two_targets))}", f"--workdir={tmp_path}", *SMALL]
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "experiments.adversarial", *args, "--eps=0.1,0.3"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "targets" / "0.json").exists() and killed.poll() is None:
+        assert time.monotonic() < deadline, "the first target took too long"
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    assert not (tmp_path / "summary.json").exists()  # killed between the two targets
     done = run_module("experiments.adversarial", *args, "--eps=0.1,0.3")
     assert done.returncode == 0, done.stderr
+    assert done.stdout.count("done before") == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     names = list(summary["targets"])
     assert len(names) == 2 and all(name.startswith("shallow (") for name in names)
@@ -157,6 +175,9 @@ def test_the_experiment_attacks_finished_runs_and_resumes(two_targets, tmp_path)
         ("--pgd_steps=0", "error: --pgd_steps=0 must be >= 1"),
         ("--test_size=50", "error: --distortion_size=100 must be at most --test_size=50"),
         ("--targets=no/such/run", "error: no/such/run holds no run of experiments.mnist_convnet"),
+        ("--train=none,mixup", "error: --train=none,mixup must be one of none, fgsm, pgd"),
+        ("--train=fgsm,fgsm", "error: --train names a net twice"),
+        ("--adversarial_eps=0", "error: --adversarial_eps=0.0 must be in (0, 1]"),
         ("stray", "error: unexpected argument 'stray'"),
     ],
 )
@@ -166,3 +187,75 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, flag, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), done.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_a_target_must_be_a_finished_run(two_targets, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.json", "checkpoints"):
+        (unfinished / name).symlink_to(two_targets[0] / name)
+    done = run_module(
+        "experiments.adversarial", f"--targets={unfinished}", f"--workdir={tmp_path / 'w'}"
+    )
+    assert done.returncode == 1 and "holds an unfinished run" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
+
+
+def _fgsm_error(workdir, eps: float) -> float:
+    from experiments.adversarial import Target
+    from lib.core import data
+
+    target, test = Target(workdir), data.mnist(order="book").test.take(1000)
+    x, y = jnp.asarray(test.images), jnp.asarray(test.labels)
+    return error_of(target, adversarial.fgsm(target.apply, target.params, x, y, eps), y)
+
+
+def error_of(target, x, y) -> float:
+    return float(jnp.mean(adversarial.predictions(target.apply, target.params, x) != y))
+
+
+def test_adversarial_training_lowers_the_error_under_attack(tmp_path):
+    """Goodfellow et al.'s FGSM mix, on a short run of the shallow net: the same net, seed
+    and data, trained with and without it; FGSM at the training budget then fools the
+    adversarially trained net far less often."""
+    from experiments import mnist_convnet
+
+    base = {"net": "shallow", "train_size": 5000, "epochs": 3, "batch_size": 50,
+            "optimizer": "nesterov", "learning_rate": 0.05, "l2": 0.0}  # fmt: skip
+    plain = mnist_convnet.run(base, str(tmp_path / "plain"), verbose=False)
+    hardened = mnist_convnet.run(
+        {**base, "adversarial_training": "fgsm", "adversarial_eps": 0.1},
+        str(tmp_path / "fgsm"),
+        verbose=False,
+    )
+    assert plain["test_accuracy"] > 0.8 and hardened["test_accuracy"] > 0.75
+    before, after = _fgsm_error(tmp_path / "plain", 0.1), _fgsm_error(tmp_path / "fgsm", 0.1)
+    assert before > 0.6 and after < before - 0.15, (before, after)
+
+
+def test_the_experiment_trains_its_own_target_by_pgd(tmp_path, monkeypatch):
+    from experiments import adversarial as experiment
+
+    # The main job's relu net, as the shallow one, so the attacks take seconds.
+    monkeypatch.setattr(experiment, "MAIN_JOB", {"net": "shallow", "batch_size": 50})
+    summary = experiment.run(
+        {"workdir": str(tmp_path), "train": ("pgd",), "train_size": 300,
+         "target_epochs": 1, "adversarial_eps": 0.3, "adversarial_steps": 2, "eps": (0.3,),
+         "test_size": 60, "distortion_size": 4, "pgd_steps": 3, "lbfgs_iterations": 5},
+        verbose=False,
+    )  # fmt: skip
+    assert list(summary["targets"]) == ["shallow, PGD-trained (eps 0.3)"]
+    config = json.loads((tmp_path / "target-pgd" / "config.json").read_text())
+    assert config["adversarial_training"] == "pgd" and config["adversarial_steps"] == 2
+    assert summary["targets"]["shallow, PGD-trained (eps 0.3)"]["pgd"]["0.3"] > 0
+
+
+def test_the_training_budget_grows_over_its_warmup_and_bad_adversaries_are_refused():
+    from lib.adversarial.training import Adversary
+
+    grows = Adversary("pgd", eps=0.3, warmup_steps=10)
+    assert [float(grows.budget(s)) for s in (0, 4, 9, 50)] == pytest.approx([0.03, 0.15, 0.3, 0.3])
+    assert Adversary("fgsm", eps=0.3).budget(0) == 0.3
+    for bad in ({"method": "cw"}, {"eps": 0.0}, {"clean_weight": 1.0}, {"steps": 0}):
+        with pytest.raises(ValueError):
+            Adversary(**{"method": "pgd", "eps": 0.3, **bad})

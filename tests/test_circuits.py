@@ -111,18 +111,45 @@ def test_check_mode_passes_the_lib_models(name):
     assert result["relative_error"] < 1e-6, result
 
 
-def test_check_mode_names_an_unknown_model(tmp_path):
-    config = {**circuits.DEFAULTS, "workdir": str(tmp_path), "check": ["nope"]}
+def test_check_mode_names_an_unknown_model_before_any_file(tmp_path):
+    workdir = tmp_path / "run"
     with pytest.raises(circuits.UserError, match=r"unknown model 'nope'.*conv2"):
-        circuits.run(config, verbose=False)
+        circuits.run({"workdir": str(workdir), "check": ["nope"]}, verbose=False)
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tweak": 0.0}, r"--tweak=0\.0 must be > 0"),
+        ({"tries": 0}, r"--tries=0 must be >= 1"),
+        ({"check_coords": -1}, r"--check_coords=-1 must be >= 0"),
+        ({"check_h": -1e-6, "check_batch": 0}, r"--check_batch=0 must be >= 1; --check_h="),
+    ],
+)
+def test_bad_values_get_a_clear_message_before_any_file(tmp_path, change, message):
+    workdir = tmp_path / "run"
+    with pytest.raises(circuits.UserError, match=message):
+        circuits.run({"workdir": str(workdir), **change}, verbose=False)
+    assert not workdir.exists()
 
 
 def test_chapter_writes_config_and_summary(tmp_path):
-    summary = circuits.run({**circuits.DEFAULTS, "workdir": str(tmp_path)}, verbose=False)
+    summary = circuits.run({"workdir": str(tmp_path)}, verbose=False)
     assert summary["neuron"]["largest_disagreement"] < 1e-6
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["add_multiply"]["f"] == -12.0
-    assert json.loads((tmp_path / "config.json").read_text())["tries"] == 100
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == {**circuits.get_config().to_dict(), "workdir": str(tmp_path), "check": []}
+
+
+def test_check_mode_takes_a_whole_config(tmp_path):
+    config = circuits.get_config()
+    config.update(workdir=str(tmp_path), check=("neuron", "svm"), check_coords=3)
+    summary = circuits.run(config.to_dict(), verbose=False)
+    assert summary["passed"] and list(summary["checks"]) == ["neuron", "svm"]
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["check"] == ["neuron", "svm"] and written["check_coords"] == 3
 
 
 def test_unwritable_workdir_gets_one_clear_line(tmp_path):

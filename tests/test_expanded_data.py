@@ -8,6 +8,8 @@ import pytest
 from commands import run_module
 
 from experiments import expanded_data
+from lib.core import config as config_lib
+from lib.core.errors import ConfigError
 from lib.nielsen import nets, studies
 from lib.nielsen import train as train_lib
 
@@ -32,6 +34,40 @@ def test_small_sets_get_at_least_min_steps():
     config = {"epochs": 3, "min_steps": 600, "batch_size": 10}
     assert expanded_data.epochs_for(config, 500) == 12
     assert expanded_data.epochs_for(config, 5 * 500) == 3  # the fixed shifts: 250 steps/epoch
+
+
+def test_a_preset_is_the_config_the_rung_fills_and_given_settings_go_over_it():
+    quick = config_lib.as_dict(expanded_data.get_config("quick"))
+    assert (quick["net"], quick["epochs"], quick["min_steps"]) == ("relu", 3, 2500)
+    assert quick["batch_size"] is None  # the net's rung's, once resolved
+    given = {"preset": "quick", "net": "conv1", "expansions": ["elastic+fixed", " none"],
+             "train_sizes": [300, 400]}  # fmt: skip
+    resolved = config_lib.as_dict(expanded_data.resolve(given))
+    conv1 = nets.RUNGS["conv1"]
+    assert resolved == {**quick, "net": "conv1", "expansions": ["fixed+elastic", "none"],
+                        "train_sizes": [300, 400], "batch_size": conv1.batch_size,
+                        "learning_rate": conv1.learning_rate, "l2": conv1.l2}  # fmt: skip
+    # Every setting at its default, as the flags hold them, resolves as the given ones alone.
+    every = {s.name: s.default for s in expanded_data.SETTINGS}
+    assert config_lib.as_dict(expanded_data.resolve({**every, **given})) == resolved
+    assert set(resolved) == {s.name for s in expanded_data.SETTINGS}
+    dropout = config_lib.as_dict(expanded_data.resolve({"preset": "dropout_elastic"}))
+    assert (dropout["epochs"], dropout["expansions"]) == (40, ["fixed+elastic"])
+
+
+def test_bad_settings_in_process_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown preset 'slow'"):
+        expanded_data.resolve({"preset": "slow"})
+    with pytest.raises(ConfigError, match="unknown net 'nine'"):
+        expanded_data.resolve({"net": "nine"})
+    with pytest.raises(ConfigError, match="train_sizes must be whole numbers, got a"):
+        expanded_data.resolve({"train_sizes": ["a"]})
+    with pytest.raises(
+        ConfigError, match=r"--seeds=0 must be >= 1; --max_skew=3.0 must be in \[0, 1\]"
+    ):
+        expanded_data.resolve({"seeds": 0, "max_skew": 3})
+    with pytest.raises(ConfigError, match="no expansions given"):
+        expanded_data.resolve({"expansions": [" "]})
 
 
 def test_quick_setting_writes_the_study(tmp_path):
@@ -62,8 +98,13 @@ def test_a_workdir_with_other_settings_is_refused(tmp_path):
     ("args", "message"),
     [
         (["--expansions=none,fixed+warp"], "unknown expansion 'warp'"),
-        (["--train_sizes=1000,60000"], "each train size must be in [1, 50000]"),
-        (["--expansions=rotate", "--max_degrees=-5"], "max_degrees must be >= 0"),
+        (["--train_sizes=1000,60000"], "--train_sizes=1000,60000 must be in [1, 50000]"),
+        (["--train_sizes=a"], "--train_sizes takes int values, got a"),
+        (["--expansions=rotate", "--max_degrees=-5"], "--max_degrees=-5.0 must be in [0, 180]"),
+        (["--expansions=rotate", "--max_degrees=0"], "'rotate' asks for max_degrees=0"),
+        (["--epochs=0"], "--epochs=0 must be >= 1"),
+        (["--batch_size=0"], "--batch_size=0 must be >= 1"),
+        (["--min_steps=-1"], "--min_steps=-1 must be >= 0"),
     ],
 )
 def test_bad_flags_get_one_clear_line(args, message):

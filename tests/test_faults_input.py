@@ -40,7 +40,7 @@ CASES = [
     ("experiments.mnist_convnet", "stray", "unexpected argument 'stray'"),
     ("experiments.mnist_convnet", "--net=nine", "flag --net=nine: value should be one of"),
     ("experiments.expanded_data", "--max_skew=3", "--max_skew=3.0 must be in [0, 1]"),
-    ("experiments.activations", "--seeds=0", "seeds must be at least 1, got 0"),
+    ("experiments.activations", "--seeds=0", "--seeds=0 must be >= 1"),
     ("experiments.imagenet_nets", "--image_size=0", "--image_size must be positive, got 0"),
     ("launch.ladder", "--epochs=-1", "--epochs=-1 must be >= 1"),
     ("launch.benchmark", "--steps=0", "--steps must be at least 1, got 0"),
@@ -58,3 +58,18 @@ def test_bad_value_is_one_line_before_any_file(tmp_path, module, flag, message):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
     assert not workdir.exists() and not (tmp_path / "cache").exists()  # no data read either
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("experiments.mnist_convnet", ("--net", "--adversarial_training", "--driver")),
+        ("experiments.adversarial", ("--targets", "--train", "--eps")),
+    ],
+)
+def test_helpshort_lists_the_experiments_own_settings(module, names):
+    """Each experiment's settings are its own flags: --helpshort lists them."""
+    done = run_module(module, "--helpshort")  # absl's help exits with status 1
+    assert "Traceback" not in done.stderr, done.stderr
+    listed = {line.split(":")[0].strip() for line in done.stdout.splitlines()}
+    assert set(names) <= listed, done.stdout[-2000:]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from commands import run_module
 
+from lib.core import config as config_lib
 from lib.core import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def study_config(module: str, config: dict) -> dict:
         from experiments import activations as study
     else:
         from experiments import expanded_data as study
-    return study.resolve(config)
+    return config_lib.as_dict(study.resolve(config))
 
 
 STUDIES = [

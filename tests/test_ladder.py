@@ -95,3 +95,30 @@ def test_the_readme_gets_the_table_between_its_markers_or_a_clear_error(tmp_path
     page.write_text("no markers\n")
     with pytest.raises(ladder.UserError, match="markers"):
         ladder.put_table(page, "| new |")
+
+
+def test_short_runs_train_as_before_settings_were_declared(tmp_path):
+    """Two short runs (conv2 and the dropout rung, 300 images, one epoch, seed 0) end with
+    the parameters that the code of commit 8da9180 gave them, before each experiment was
+    declared by its SETTINGS: tests/data/short_runs_reference.json holds, per parameter,
+    its sum, its sum of squares and its first six values, as that code computed them."""
+    import jax
+
+    from experiments import mnist_convnet
+    from experiments.adversarial import Target
+
+    reference = json.loads((ROOT / "tests" / "data" / "short_runs_reference.json").read_text())
+    seen = set()
+    for net in ("conv2", "dropout"):
+        workdir = tmp_path / net
+        config = {"net": net, "train_size": 300, "epochs": 1, "seed": 0}
+        mnist_convnet.run(config, str(workdir), verbose=False)
+        params = Target(workdir).params
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+            name = net + jax.tree_util.keystr(path)
+            value, want = np.asarray(leaf, np.float64).ravel(), reference[name]
+            np.testing.assert_allclose(value[:6], want["first"], rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(value.sum(), want["sum"], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose((value**2).sum(), want["sum_sq"], rtol=1e-5)
+            seen.add(name)
+    assert seen == set(reference)

@@ -97,8 +97,7 @@ def test_mnist_linear_svm_quick_run_passes_87_percent():
 
 
 def test_experiment_toy_part_writes_results_and_plot(tmp_path):
-    config = {**svm_experiment.DEFAULTS, "workdir": str(tmp_path), "mnist": False}
-    summary = svm_experiment.run(config, verbose=False)
+    summary = svm_experiment.run({"workdir": str(tmp_path), "mnist": False}, verbose=False)
     assert summary["circuit_svm"]["training_accuracy"] == 1.0
     assert summary["two_layer_net"]["training_accuracy"] == 1.0
     assert summary["loss_svm"]["training_accuracy"] == 1.0
@@ -109,15 +108,36 @@ def test_experiment_toy_part_writes_results_and_plot(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["reg"] == 0.1
 
 
+def test_a_whole_config_runs_as_its_changed_settings_do(tmp_path):
+    config = svm_experiment.get_config()
+    assert config.reg == 0.1 and config.mnist and config.mnist_train_size is None
+    config.update(workdir=str(tmp_path / "whole"), mnist=False, loss_steps=10)
+    whole = svm_experiment.run(config.to_dict(), verbose=False)
+    given = {"workdir": str(tmp_path / "given"), "mnist": False, "loss_steps": 10}
+    assert svm_experiment.run(given, verbose=False)["loss_svm"] == whole["loss_svm"]
+    written = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("whole", "given")]
+    assert {**written[0], "workdir": ""} == {**written[1], "workdir": ""}
+    assert set(written[0]) == {s.name for s in svm_experiment.SETTINGS}
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"step_size": -0.1}, "--step_size must be positive"),
-        ({"mnist_epochs": 0}, "--mnist_epochs must be at least 1"),
-        ({"mnist_train_size": 60_000}, "--mnist_train_size must be in"),
+        ({"step_size": -0.1}, r"--step_size=-0\.1 must be > 0"),
+        ({"step_size": float("nan")}, r"--step_size=nan must be > 0"),
+        ({"reg": -1.0}, r"--reg=-1\.0 must be >= 0"),
+        ({"mnist_epochs": 0}, r"--mnist_epochs=0 must be >= 1"),
+        ({"rff_features": -1}, r"--rff_features=-1 must be >= 0"),
+        ({"mnist_train_size": 60_000}, r"--mnist_train_size=60000 must be in \[1, 50000\]"),
+        (
+            {"mnist_train_size": 50},
+            r"--mnist_train_size \(50\) must be at least --mnist_batch_size \(100\)",
+        ),
+        ({"nosuch": 1}, "unknown setting nosuch"),
     ],
 )
-def test_bad_flag_values_get_a_clear_message(tmp_path, change, message):
-    config = {**svm_experiment.DEFAULTS, "workdir": str(tmp_path), **change}
+def test_bad_flag_values_get_a_clear_message_before_any_file(tmp_path, change, message):
+    workdir = tmp_path / "run"
     with pytest.raises(svm_experiment.UserError, match=message):
-        svm_experiment.run(config, verbose=False)
+        svm_experiment.run({"workdir": str(workdir), **change}, verbose=False)
+    assert not workdir.exists()

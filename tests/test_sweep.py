@@ -1,7 +1,8 @@
 """Sweeps: spec parsing, workdir names, skip and resume, failure isolation, the ranking.
 
-The sweeps run tests/fake_experiment.py (no JAX, sub-second runs) in child
-processes, so its absl flags never enter this process's flag registry.
+The sweeps run tests/fake_experiment.py (declared by its settings, as the experiments
+are; sub-second runs) in child processes, so its absl flags never enter this process's
+flag registry.
 """
 
 import fcntl
@@ -129,7 +130,7 @@ def test_flags_the_module_rejects_fail_before_any_run(tmp_path):
     for args, message in [
         (["--grid", "lr=0.1"], "Unknown command line flag 'lr'"),
         (["--grid", "learning_rate=0.1,abc"], "--learning_rate=abc"),
-        (["--grid", "epochs=2,0"], "--epochs must be at least 1"),
+        (["--grid", "epochs=2,0"], "--epochs=0 must be >= 1"),
         (["--grid", "seed=1", "--nosuch=1"], "Unknown command line flag 'nosuch'"),
     ]:
         done = run_sweep(tmp_path / "s", *args, check_rc=2)
@@ -255,8 +256,9 @@ def test_sigkill_then_rerun_resumes_without_redoing_finished_runs(tmp_path, mode
     d = tmp_path / "sweep"
     # A run whose sweep is killed gets SIGTERM and takes stop_s to save and stop; the re-run,
     # started at once, must wait for it instead of training in the same workdir beside it.
+    # stop_s outlasts the re-run's start, which imports the experiment (and with it JAX).
     args = [f"--mode={mode}", "--grid", "seed=0,1,2", "--epochs=4", "--sleep_s=0.15"]
-    args += ["--stop_s=0.6"]
+    args += ["--stop_s=10"]
     code, _ = _start_and_stop_mid_run(d, args, signal.SIGKILL)
     assert code == -signal.SIGKILL
     done = _check_resumed(d, args)

@@ -68,11 +68,15 @@ def pgd(
     return jax.lax.fori_loop(0, steps, step, project(start))
 
 
+@partial(jax.jit, static_argnames="apply")
+def _predict(apply: Apply, params, x: jax.Array) -> jax.Array:
+    return jnp.argmax(apply(params, x), axis=-1)
+
+
 def predictions(apply: Apply, params, x: jax.Array, batch_size: int = 1000) -> jax.Array:
-    """The predicted labels of x, in batches."""
-    predict = jax.jit(lambda p, z: jnp.argmax(apply(p, z), axis=-1))
+    """The predicted labels of x, in batches (compiled once per `apply` and batch shape)."""
     return jnp.concatenate(
-        [predict(params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        [_predict(apply, params, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     )
 
 

@@ -12,15 +12,22 @@ import fcntl
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
 from lib.core.errors import UserError
+
+
+def _process_index() -> int:
+    """This process's index among JAX's processes; 0 where JAX is not in use (the command
+    lines that train nothing do not import it)."""
+    jax = sys.modules.get("jax")
+    return jax.process_index() if jax is not None else 0
 
 
 def _jsonable(value: Any) -> Any:
@@ -78,7 +85,7 @@ def hold_workdir(workdir: str | Path, enabled: bool | None = None) -> Iterator[P
     kernel drops it when its holder ends, killed or not, so a killed run never blocks its
     resume. Only process 0 of a multi-process run (or `enabled`) takes it."""
     path = Path(workdir)
-    if not (jax.process_index() == 0 if enabled is None else enabled):
+    if not (_process_index() == 0 if enabled is None else enabled):
         yield path
         return
     try:
@@ -177,7 +184,7 @@ class MetricsWriter:
 
     def __init__(self, workdir: str | Path, enabled: bool | None = None):
         self.workdir = Path(workdir)
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.enabled = _process_index() == 0 if enabled is None else enabled
         self._tb = None
 
     def _tensorboard(self, purge_step: int | None = None):
@@ -236,4 +243,6 @@ class MetricsWriter:
 
 def count_params(params: Any) -> int:
     """Scalars in a parameter pytree (arrays or ShapeDtypeStructs)."""
+    import jax
+
     return int(sum(math.prod(x.shape) for x in jax.tree.leaves(params)))

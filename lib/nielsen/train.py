@@ -34,6 +34,7 @@ from lib.core import parallel
 from lib.core.data import Split, Splits
 from lib.core.errors import ConfigError, DivergedError
 from lib.core.metrics import count_params
+from lib.nielsen import DRIVERS, LAYOUTS
 
 Batch = tuple[jax.Array, jax.Array]
 BatchFn = Callable[[Mapping[str, jax.Array], jax.Array, jax.Array], Batch]
@@ -62,12 +63,11 @@ class TrainConfig:
     eval_batch_size: int = 1000
     driver: str = "auto"  # "scan", "loop", or "auto" (scan on accelerators, loop on CPU)
     num_devices: int | None = None
+    adversary: Any = None  # a lib.adversarial.training.Adversary: adversarial training
 
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam")
 SCHEDULES = ("constant", "cosine")
-DRIVERS = ("auto", "scan", "loop")
-LAYOUTS = ("auto", "vmap", "unrolled", "devices")
 
 
 def make_optimizer(
@@ -207,6 +207,23 @@ def make_cost(model: nn.Module, l2_scale: float) -> Callable:
     return cost
 
 
+def _adversarial_cost(cost: Callable, clean_weight: float) -> Callable:
+    """cost(params, x, x_adv, y, rng) -> (clean_weight cost(x) + (1 - clean_weight)
+    cost(x_adv), aux), aux the clean batch's (the adversarial batch's nll as "adv_nll");
+    with clean_weight 0 only the adversarial batch is seen."""
+
+    def mixed(params, x, x_adv, y, rng):
+        clean_rng, adv_rng = jax.random.split(rng)
+        adv, adv_aux = cost(params, x_adv, y, adv_rng, True)
+        if clean_weight == 0:
+            return adv, {**adv_aux, "adv_nll": adv_aux["nll"]}
+        clean, aux = cost(params, x, y, clean_rng, True)
+        total = clean_weight * clean + (1 - clean_weight) * adv
+        return total, {**aux, "adv_nll": adv_aux["nll"]}
+
+    return mixed
+
+
 def gather_batch(data: Mapping[str, jax.Array], idx: jax.Array, key: jax.Array) -> Batch:
     del key
     return data["images"][idx], data["labels"][idx]
@@ -236,13 +253,22 @@ def make_train_step(
     l2_scale: float,
     batch_fn: BatchFn = gather_batch,
     sharding: jax.sharding.Sharding | None = None,
+    adversary: Any = None,
 ) -> Callable:
     """train_step(state, data, idx, key) -> (state, metrics); pure, for `jax.jit`.
 
-    The step's randomness (dropout, augmentation) is `fold_in(key, state.step)`.
+    The step's randomness (dropout, augmentation, a PGD start) is `fold_in(key,
+    state.step)`. With an `adversary` (lib.adversarial.training.Adversary) the cost is
+    its clean_weight times the cost of the batch plus the rest times the cost of the
+    batch's adversarial examples, made from the parameters before the step.
     """
     cost = make_cost(model, l2_scale)
     grad_fn = jax.value_and_grad(cost, has_aux=True)
+    if adversary is not None:
+        grad_fn = jax.value_and_grad(_adversarial_cost(cost, adversary.clean_weight), has_aux=True)
+
+        def logits(params, x):  # the attack aims at the net as it predicts: no dropout
+            return model.apply({"params": params}, x, train=False)
 
     def train_step(state: TrainState, data, idx, key):
         rng = jax.random.fold_in(key, state.step)
@@ -251,7 +277,12 @@ def make_train_step(
         if sharding is not None:
             x = jax.lax.with_sharding_constraint(x, sharding)
             y = jax.lax.with_sharding_constraint(y, sharding)
-        (loss, aux), grads = grad_fn(state.params, x, y, dropout_key, True)
+        if adversary is None:
+            (loss, aux), grads = grad_fn(state.params, x, y, dropout_key, True)
+        else:
+            attack_key, dropout_key = jax.random.split(dropout_key)
+            x_adv = adversary.perturb(logits, state.params, x, y, attack_key, state.step)
+            (loss, aux), grads = grad_fn(state.params, x, x_adv, y, dropout_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **aux}
@@ -590,6 +621,7 @@ def compiled_programs(
     layout: str,
     driver: str,
     steps_per_call: int = 1,
+    adversary: Any = None,
 ) -> tuple[EpochRunner, Callable]:
     """The epoch runner and predictor of a run, shared by every run with the same settings.
 
@@ -598,7 +630,7 @@ def compiled_programs(
     name, momentum, schedule, total_steps = optimizer_spec
     optimizer = make_optimizer(name, schedule_rate or 1.0, momentum, schedule, total_steps)
     step_fn = make_train_step(
-        model, optimizer, l2_scale, make_batch_fn(expanded, augment), sharding
+        model, optimizer, l2_scale, make_batch_fn(expanded, augment), sharding, adversary
     )
     runner = make_runner(step_fn, members, layout, driver, steps_per_call)
     return runner, make_predict(model, members, layout)
@@ -682,6 +714,7 @@ def train_and_evaluate(
         layout,
         config.driver,
         steps_per_call(config.driver, steps_per_epoch),
+        config.adversary,
     )
 
     init_key, shuffle_key, step_key = run_keys(config.seed, members)
