@@ -26,12 +26,16 @@ keep() {  # keep a study's small files under results/
 }
 
 if [[ ,$STUDY, == *,training,* ]]; then
-  # PGD training with 3 steps of 2.5 eps / 3 (Madry et al. take 40 of 0.01), a CPU-sized
-  # run, its budget growing from 0 over the first 2 epochs (from the full budget at once the
-  # book's small ReLU net stays at chance).
+  # The main job's net trained plainly, on FGSM images, and on PGD images with 3 steps of
+  # 2.5 eps / 3 (Madry et al. take 40 of 0.01), a CPU-sized run, its budget growing from
+  # 0 over the first 2 epochs (from the full budget at once the book's small ReLU net
+  # stays at chance); then the three attacked, Szegedy's search cut to 20 images.
+  T=$WORKDIR/training
   python -m experiments.adversarial --train=none,fgsm,pgd --target_epochs="$EPOCHS" \
-    --adversarial_steps=3 --adversarial_warmup=2 --workdir="$WORKDIR/training"
-  keep training
+    --adversarial_steps=3 --adversarial_warmup=2 --workdir="$T"
+  python -m experiments.adversarial --targets="$T/target,$T/target-fgsm,$T/target-pgd" \
+    --distortion_size=20 --lbfgs_iterations=20 --workdir="$WORKDIR/trained"
+  keep trained
 fi
 
 if [[ ,$STUDY, == *,rungs,* ]]; then

@@ -259,3 +259,17 @@ def test_the_training_budget_grows_over_its_warmup_and_bad_adversaries_are_refus
     for bad in ({"method": "cw"}, {"eps": 0.0}, {"clean_weight": 1.0}, {"steps": 0}):
         with pytest.raises(ValueError):
             Adversary(**{"method": "pgd", "eps": 0.3, **bad})
+
+
+def test_readme_shows_the_kept_blind_spot_tables_as_their_summaries_give_them():
+    """Each study kept in results/adversarial/<name>/ is in the README as the table its
+    summary.json gives (the table the command printed)."""
+    from experiments import adversarial as experiment
+
+    readme = (ROOT / "README.md").read_text()
+    kept = sorted((ROOT / "results" / "adversarial").glob("*/summary.json"))
+    assert kept, "no kept study"
+    for path in kept:
+        text = experiment.table(json.loads(path.read_text()))
+        assert text == (path.parent / "table.md").read_text().strip()
+        assert f"<!-- adversarial table: {path.parent.name} -->\n{text}\n" in readme
