@@ -198,3 +198,40 @@ def run_from_flags(
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary
+
+
+def loop_hooks(name: str, verbose: bool = True, epochs: int | None = None):
+    """lib.core.loop.Hooks that print a run's start, its progress lines (throughput, ETA)
+    and one line per epoch (its metrics), each starting with `name`."""
+    from lib.core import loop
+
+    say = print if verbose else (lambda *a, **k: None)
+
+    def on_start(info):
+        if info["checkpoint_notice"]:
+            say(info["checkpoint_notice"], flush=True)
+        what = f"resuming at step {info['resumed_step']}" if info["resumed_step"] else "start"
+        say(f"{name}: {what}", flush=True)
+
+    def on_progress(p):
+        say(
+            f"  epoch {p['epoch']} step {p['step']}/{p['steps']}  "
+            f"{p['examples_per_s']:,.0f} examples/s  ETA {loop.duration(p['eta_s'])}",
+            flush=True,
+        )
+
+    def on_epoch(e):
+        shown = "  ".join(
+            f"{k} {v:.4g}"
+            for k, v in e.items()
+            if k not in ("epoch", "epoch_time_s", "examples_per_s", "eta_s")
+            and isinstance(v, float)
+        )
+        total = f"/{epochs}" if epochs else ""
+        say(
+            f"{name} epoch {e['epoch']}{total}  {shown}  {e['epoch_time_s']:.1f} s  "
+            f"{e['examples_per_s']:,.0f} examples/s  ETA {loop.duration(e['eta_s'])}",
+            flush=True,
+        )
+
+    return loop.Hooks(on_start=on_start, on_epoch=on_epoch, on_progress=on_progress)
