@@ -119,6 +119,7 @@ PRESETS: dict[str, dict] = {
 # default is None, or no values, takes the preset's value.
 SETTINGS = (
     Setting("preset", "full", "full: the book's study (GPU); quick: CPU.", OneOf(tuple(PRESETS))),
+    common.DATASET,
     Setting("workdir", "runs/activations", "Where the study writes."),
     Setting(
         "variants",
@@ -140,7 +141,7 @@ SETTINGS = (
         "train_size",
         None,
         "Keep only the first N training images; default: the preset's.",
-        Range(1, 50_000),  # MNIST's training part
+        AT_LEAST_1,
         int,
     ),
     Setting(
@@ -170,36 +171,26 @@ def get_config(preset: str = "full") -> ConfigDict:
     return config_lib.preset(SETTINGS, {"preset": preset, **PRESETS[preset]})
 
 
-def _given(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of `overrides` that are set: neither None nor an empty list (both mean
-    the preset's value)."""
-    return {
-        k: v
-        for k, v in overrides.items()
-        if v is not None and not (isinstance(v, (list, tuple)) and not v)
-    }
-
-
 def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     """The preset of overrides["preset"] (default full) with every given setting over it
-    (`_given`), checked against the settings' ranges; a ConfigError names each bad one, or
-    says why the study cannot run."""
-    values = _given(overrides)
-    config = get_config(values.get("preset", "full"))
-    try:
-        config_lib.override(config, values)
-    except TypeError as e:  # a value of the wrong type for its field
-        raise ConfigError(str(e)) from None
-    config.variants = tuple(dict.fromkeys(v.strip() for v in config.variants if v.strip()))
-    try:
-        config.thresholds = tuple(float(t) for t in config.thresholds)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"thresholds must be percentages, got {','.join(map(str, config.thresholds))}"
-        ) from None
-    config_lib.check(config, SETTINGS, prefix="--")
+    (neither None nor an empty list), checked against the settings' ranges; a ConfigError
+    names each bad one, or says why the study cannot run."""
+    values = config_lib.given(overrides, empty_lists_unset=True)
+    if "variants" in values:
+        values["variants"] = tuple(
+            dict.fromkeys(v.strip() for v in values["variants"] if v.strip())
+        )
+    if "thresholds" in values:
+        try:
+            values["thresholds"] = tuple(float(t) for t in values["thresholds"])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"thresholds must be percentages, got {','.join(map(str, values['thresholds']))}"
+            ) from None
+    config = config_lib.resolve(get_config(values.get("preset", "full")), values, SETTINGS)
+    available = common.training_images(config)
     for name in config.variants:
-        train_lib.validate(train_config(config, name), config.train_size or 50_000)
+        train_lib.validate(train_config(config, name), config.train_size or available or 50_000)
     return config
 
 
@@ -231,7 +222,9 @@ def train_variant(
 
     `config` needs epochs, batch_size, seed, seeds, eval_batch_size, driver, num_devices.
     """
-    model = nets.create(NET, activation=VARIANTS[name].activation)
+    model = nets.create(
+        NET, activation=VARIANTS[name].activation, num_classes=data_lib.num_classes(splits)
+    )
     return studies.run_variant(
         model, splits, train_config(config, name), workdir, hooks, should_stop
     )
@@ -304,8 +297,9 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
     tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
     os.replace(tmp, path)
     where = (
-        f"{config['train_size'] or 50_000:,} training images, "
-        f"{config['validation_size'] or 10_000:,} validation, batch {config['batch_size']}"
+        f"{config['train_size'] or common.training_images(config) or 50_000:,} training "
+        f"images of {config['dataset']}, {config['validation_size'] or 10_000:,} validation, "
+        f"batch {config['batch_size']}"
     )
     thresholds = [t / 100 for t in config["thresholds"]]
     book = [(VARIANTS[n].label, results[n].curves) for n in BOOK if n in results]
@@ -336,7 +330,7 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
 def _study(config: dict, root: Path, verbose: bool) -> dict:
     """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
-    splits = data_lib.mnist(train_size=config["train_size"])
+    splits = data_lib.load(config["dataset"], config["train_size"], order="tfds")
     if config["validation_size"]:
         splits = splits._replace(validation=splits.validation.take(config["validation_size"]))
     write_json(root / "config.json", config)

@@ -31,6 +31,7 @@ WORKDIR/targets/, so a rerun after an interruption goes on from the next target.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -50,7 +51,7 @@ from lib.adversarial import training as adversarial_training
 from lib.core import config as config_lib
 from lib.core import data, metrics, plots
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
-from lib.core.errors import ConfigError, UserError
+from lib.core.errors import UserError
 from lib.nielsen import nets
 
 FLAGS = flags.FLAGS
@@ -60,6 +61,11 @@ EPS = Range(0, 1, open_low=True)
 # Every setting, declared once: the flags, the range checks and config.json derive from it.
 SETTINGS = (
     Setting("targets", (), "Workdirs of finished mnist_convnet runs to attack.", kind=str),
+    dataclasses.replace(
+        common.DATASET,
+        help="The images of the nets trained here (no --targets); targets given bring their "
+        "own. " + common.DATASET.help,
+    ),
     Setting("workdir", "runs/adversarial", "Where the study writes."),
     Setting("eps", (0.05, 0.1, 0.2, 0.25, 0.3), "L-inf budgets.", EPS),
     Setting("test_size", 1000, "Test images attacked by FGSM and PGD.", Range(1, 10_000)),
@@ -261,16 +267,16 @@ def _unique_names(targets: list[Target]) -> None:
             t.name = f"{t.name} ({t.workdir})"
 
 
+def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
+    """The defaults with every given setting over them, checked; a ConfigError names each
+    bad value."""
+    return config_lib.resolve(get_config(), overrides, SETTINGS)
+
+
 def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
     """Attack every target (the given settings over the defaults); returns the summary
     (also written to WORKDIR/summary.json)."""
-    config = get_config()
-    try:
-        config_lib.override(config, {k: v for k, v in overrides.items() if v is not None})
-    except TypeError as e:  # a value of the wrong type for its field
-        raise ConfigError(str(e)) from None
-    config_lib.check(config, SETTINGS, prefix="--")
-    config = config_lib.as_dict(config)
+    config = config_lib.as_dict(resolve(overrides))
     if config["distortion_size"] > config["test_size"]:
         raise UserError(
             f"--distortion_size={config['distortion_size']} must be at most --test_size="
@@ -282,6 +288,11 @@ def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
     if len(set(config["train"])) < len(config["train"]):
         raise UserError(f"--train names a net twice: {','.join(config['train'])}")
     targets = [Target(p) for p in paths]  # a bad target is named before any work
+    datasets = sorted({t.config.get("dataset", "mnist") for t in targets})
+    if len(datasets) > 1:
+        raise UserError(f"--targets were trained on different datasets: {', '.join(datasets)}")
+    if datasets:
+        config["dataset"] = datasets[0]
     with common.own_workdir(config) as root:
         return _study(config, root, targets, verbose)
 
@@ -299,6 +310,7 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
             summary = mnist_convnet.run(
                 {
                     **MAIN_JOB,
+                    "dataset": config["dataset"],
                     "epochs": config["target_epochs"],
                     "train_size": config["train_size"],
                     "adversarial_training": method,
@@ -314,7 +326,7 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
             targets.append(Target(workdir))
     _unique_names(targets)
     started = time.perf_counter()
-    test = data.mnist(order="book").test
+    test = data.load(config["dataset"], order="book").test
     kept = root / "targets"
     kept.mkdir(exist_ok=True)
     results, pictures = {}, {}

@@ -41,7 +41,7 @@ from ml_collections import ConfigDict
 from experiments import common
 from lib.core import config as config_lib
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Setting
-from lib.core.errors import ConfigError, UserError
+from lib.core.errors import UserError
 from lib.core.metrics import prepare_workdir, write_json
 from lib.karpathy import gates
 from lib.karpathy import svm as svm_lib
@@ -313,12 +313,7 @@ def get_config() -> ConfigDict:
 def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     """The defaults with every non-None override over them, checked; a ConfigError (a
     UserError) names each bad value. The workdir is left None when not given."""
-    config = get_config()
-    try:
-        config_lib.override(config, {k: v for k, v in overrides.items() if v is not None})
-    except TypeError as e:  # a value of the wrong type for its field
-        raise ConfigError(str(e)) from None
-    config_lib.check(config, SETTINGS, prefix="--")
+    config = config_lib.resolve(get_config(), overrides, SETTINGS)
     return config
 
 

@@ -23,7 +23,7 @@ from lib.core.config import (  # noqa: F401
     Setting,
     check_values,
 )
-from lib.core.errors import DivergedError, UserError
+from lib.core.errors import ConfigError, DivergedError, UserError
 from lib.nielsen import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
@@ -52,6 +52,34 @@ PROGRAM_SETTINGS = (
     ),
 )
 PROGRAM_DEFAULTS = {s.name: s.default for s in PROGRAM_SETTINGS}
+
+# The images the book's nets train on, in every MNIST experiment.
+DATASET = Setting(
+    "dataset",
+    "mnist",
+    "TFDS image classification dataset: mnist, or fashion_mnist, kmnist, emnist/digits, "
+    "cifar10 or another of small images (the nets infer its shape; its last 10,000 "
+    "training images validate).",
+)
+
+
+def training_images(config: Mapping, sizes: Iterable[str] = ("train_size",)) -> int | None:
+    """The training images of config["dataset"] (None when it is not prepared here yet,
+    for loading it to say how), after a ConfigError if a setting in `sizes` (a number or
+    a list of them) asks for more."""
+    from lib.core import data
+
+    available = data.training_size(config["dataset"])
+    for name in sizes:
+        value = config[name]
+        for n in value if isinstance(value, (list, tuple)) else [value]:
+            if available and n and n > available:
+                raise ConfigError(
+                    f"--{name}={n} must be at most {available:,}, the training images of "
+                    f"{config['dataset']}"
+                )
+    return available
+
 
 # The program settings' ranges; each experiment checks them with its own (check_ranges).
 PROGRAM_RANGES = {s.name: s.valid for s in PROGRAM_SETTINGS if isinstance(s.valid, Range)}

@@ -114,6 +114,7 @@ TARGET = {"dropout_elastic": 99.65}  # test accuracy (%) the preset aims above
 # default is None, or no values, takes the preset's value, or else the net's rung's.
 SETTINGS = (
     Setting("preset", "full", "Which study; see the module doc.", OneOf(tuple(PRESETS))),
+    common.DATASET,
     Setting("workdir", "runs/expanded", "Where the study writes."),
     Setting(
         "net",
@@ -132,7 +133,7 @@ SETTINGS = (
         "train_sizes",
         (),
         "Training-set sizes, before expansion; default: the preset's.",
-        Range(1, 50_000),  # MNIST's training part
+        AT_LEAST_1,
         int,
     ),
     Setting(
@@ -182,16 +183,6 @@ def get_config(preset: str = "full") -> ConfigDict:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
     return config_lib.preset(SETTINGS, {"preset": preset, **PRESETS[preset]})
-
-
-def _given(overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of `overrides` that are set: neither None nor an empty list (both mean
-    the preset's value)."""
-    return {
-        k: v
-        for k, v in overrides.items()
-        if v is not None and not (isinstance(v, (list, tuple)) and not v)
-    }
 
 
 def parse_expansion(spec: str, config: dict) -> tuple[str, bool, augment.AugmentConfig | None]:
@@ -244,14 +235,11 @@ def label(expansion: str, config: dict) -> str:
 
 def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     """The preset of overrides["preset"] (default full) with every given setting over it
-    (`_given`) and the net's rung for what neither sets, checked against the settings'
-    ranges; a ConfigError names each bad one, or says why the study cannot run."""
-    values = _given(overrides)
-    config = get_config(values.get("preset", "full"))
-    try:
-        config_lib.override(config, values)
-    except TypeError as e:  # a value of the wrong type for its field
-        raise ConfigError(str(e)) from None
+    (neither None nor an empty list) and the net's rung for what neither sets, checked
+    against the settings' ranges; a ConfigError names each bad one, or says why the study
+    cannot run."""
+    values = config_lib.given(overrides, empty_lists_unset=True)
+    config = config_lib.override(get_config(values.get("preset", "full")), values)
     if config.net not in nets.RUNGS:
         raise ConfigError(f"unknown net '{config.net}'; choose from {', '.join(nets.NETS)}")
     rung = nets.RUNGS[config.net]
@@ -265,6 +253,7 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
             f"train_sizes must be whole numbers, got {','.join(map(str, config.train_sizes))}"
         ) from None
     config_lib.check(config, SETTINGS, prefix="--")
+    common.training_images(config, sizes=("train_sizes",))
     specs = [s.strip() for s in config.expansions if s.strip()]
     if not specs:
         raise ConfigError("no expansions given; for example --expansions=none,fixed")
@@ -386,11 +375,11 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
 def _study(config: dict, root: Path, verbose: bool) -> dict:
     """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
-    full = data_lib.mnist(train_size=max(config["train_sizes"]))
+    full = data_lib.load(config["dataset"], max(config["train_sizes"]), order="tfds")
     if config["validation_size"]:
         full = full._replace(validation=full.validation.take(config["validation_size"]))
     write_json(root / "config.json", config)
-    model = nets.create(config["net"])
+    model = nets.create(config["net"], num_classes=data_lib.num_classes(full))
     started = time.perf_counter()
     results: dict[str, tuple[str, int, studies.VariantResult]] = {}
     reports: dict[str, dict] = {}

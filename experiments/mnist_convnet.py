@@ -28,6 +28,13 @@ its accuracy, time and device):
 Validation is the book's by default (`--split=book`: the last 10,000 of the
 original 60,000 training images); `--split=tfds` holds out the last 10,000 in
 TFDS's stored order instead.
+
+The same nets train on any TFDS image classification dataset of small images, their
+shapes inferred from its images (28x28 grey or 32x32 colour alike); the book's numbers
+are MNIST's only:
+
+    python -m experiments.mnist_convnet --net=relu --dataset=fashion_mnist
+    python -m experiments.mnist_convnet --net=dropout --dataset=cifar10
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ SETTINGS = (
     Setting(
         "net", "relu", "The rung of the ladder: network and its hyperparameters.", OneOf(nets.NETS)
     ),
-    Setting("workdir", None, "Where the run writes; default runs/mnist/<net>.", kind=str),
+    common.DATASET,
+    Setting("workdir", None, "Where the run writes; default runs/<dataset>/<net>.", kind=str),
     Setting("seed", 0, "Random seed (initialisation, shuffling, dropout).", NON_NEGATIVE),
     Setting("epochs", None, "Epochs; default: the rung's.", AT_LEAST_1, int),
     Setting("batch_size", None, "Mini-batch size; default: the rung's (10).", AT_LEAST_1, int),
@@ -107,7 +115,7 @@ SETTINGS = (
         "book",
         "Validation images: book, the last 10,000 of MNIST's original "
         "60,000 training images (the book's); tfds, the last 10,000 in the order TFDS "
-        "stores them.",
+        "stores them (as every other dataset's are).",
         OneOf(data_lib.ORDERS),
     ),
     Setting("optimizer", "sgd", "sgd is the book's plain SGD.", OneOf(train_lib.OPTIMIZERS)),
@@ -178,14 +186,11 @@ def get_config(net: str = "relu") -> ConfigDict:
 def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     """The preset of overrides["net"] (default relu) with every non-None override over it,
     checked against the settings' ranges; a ConfigError names each bad one."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    resolved = get_config(given.get("net", "relu"))
-    try:
-        config_lib.override(resolved, given)
-    except TypeError as e:  # a value of the wrong type for its field
-        raise ConfigError(str(e)) from None
-    config_lib.check(resolved, SETTINGS, prefix="--")
-    resolved.workdir = resolved.workdir or f"runs/mnist/{resolved.net}"
+    net = config_lib.given(overrides).get("net", "relu")
+    resolved = config_lib.resolve(get_config(net), overrides, SETTINGS)
+    resolved.workdir = (
+        resolved.workdir or f"runs/{resolved.dataset.replace('/', '_')}/{resolved.net}"
+    )
     if resolved.adversarial_training == "none":  # no attack in training: nothing to set
         for name in ADVERSARIAL:
             resolved[name] = None
@@ -252,7 +257,8 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
         ensemble_layout=config["ensemble_layout"],
         num_devices=config["num_devices"],
     )
-    n_train = config["train_size"] or 50_000
+    available = common.training_images(config)  # refuses a --train_size beyond it
+    n_train = config["train_size"] or available or 50_000
     train_lib.validate(train_config, n_train)
     steps_per_epoch = train_lib.virtual_train_size(n_train, train_config) // config["batch_size"]
     train_config = dataclasses.replace(train_config, adversary=adversary(config, steps_per_epoch))
@@ -272,7 +278,10 @@ def _train(
 ) -> dict:
     """The run of `run`, in the workdir it holds."""
     rung = nets.RUNGS[config["net"]]
-    splits = data_lib.mnist(train_size=config["train_size"], order=config["split"])
+    splits = data_lib.load(config["dataset"], config["train_size"], order=config["split"])
+    model = model.clone(num_classes=data_lib.num_classes(splits))
+    # The book's numbers are MNIST's.
+    book_accuracy = rung.book_accuracy if config["dataset"] == "mnist" else None
     writer = metrics.MetricsWriter(workdir_path)
     writer.write_json("config.json", config)
 
@@ -287,7 +296,7 @@ def _train(
         what = "resuming at step {resumed_step}".format(**info) if info["resumed_step"] else "start"
         say(
             f"{config['net']}: {info['params']:,} parameters, {len(splits.train):,} training "
-            f"images{' x5 (expanded)' if config['expanded'] else ''}, "
+            f"images of {config['dataset']}{' x5 (expanded)' if config['expanded'] else ''}, "
             f"batch {config['batch_size']}, "
             f"{info['steps_per_epoch']} steps/epoch, {info['devices']} device(s), "
             f"{info['driver']} driver"
@@ -333,14 +342,19 @@ def _train(
         summary, state = train_lib.train_and_evaluate(
             model, splits, train_config, workdir_path, hooks, should_stop=stop
         )
-    summary = {"net": config["net"], "book_accuracy": rung.book_accuracy, **summary}
+    summary = {
+        "net": config["net"],
+        "dataset": config["dataset"],
+        "book_accuracy": book_accuracy,
+        **summary,
+    }
     history = metrics.read_jsonl(workdir_path / "metrics.jsonl")
     if history and writer.enabled:
         plots.accuracy_curves(
             history,
             workdir_path / "accuracy.png",
-            title=f"MNIST, {config['net']}",
-            book_accuracy=rung.book_accuracy,
+            title=f"{config['dataset']}, {config['net']}",
+            book_accuracy=book_accuracy,
         )
         params = state.params
         if config["ensemble"] > 1:
@@ -355,9 +369,9 @@ def _train(
         writer.write_json("summary.json", summary)
         say(
             f"best validation {_pct(summary['best_val_accuracy'])} at epoch "
-            f"{summary['best_epoch']}; test accuracy there {_pct(summary['test_accuracy'])} "
-            f"(book: {rung.book_accuracy:.2f}%); {summary['wall_time_s']:.0f} s on "
-            f"{summary['device']}",
+            f"{summary['best_epoch']}; test accuracy there {_pct(summary['test_accuracy'])}"
+            + (f" (book: {book_accuracy:.2f}%)" if book_accuracy else "")
+            + f"; {summary['wall_time_s']:.0f} s on {summary['device']}",
             flush=True,
         )
     else:

@@ -16,6 +16,10 @@ run's small files (summary.json, config.json, metrics.jsonl, test_predictions.np
 are copied to DIR/<rung>/seed=<seed> as soon as it ends, to be kept with the code;
 checkpoints stay in WORKDIR. The table goes to WORKDIR/ladder.md and stdout.
 
+`--dataset=fashion_mnist` (or any TFDS image classification dataset of small images)
+climbs the same ladder on other images, in runs/ladder-<dataset> by default; the
+book's column is then empty, its numbers being MNIST's.
+
 The table reads only the finished runs under WORKDIR (every seed it finds, so
 `--table_only --workdir=DIR` tables what `--results=DIR` kept): per rung the mean
 test accuracy ± its standard deviation over seeds, with min and max. The book's
@@ -36,6 +40,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, mnist_convnet
+from launch import readme_tables
 from lib.core import data, plots
 from lib.core.errors import UserError
 from lib.nielsen import nets, train
@@ -50,7 +55,7 @@ flags.DEFINE_string(
     "readme", None, "Also put the table in this Markdown file, between its ladder-table markers."
 )
 
-MARKERS = ("<!-- ladder table -->\n", "\n<!-- /ladder table -->")
+MARKERS = readme_tables.markers("ladder table")
 
 RESULT_FILES = ("summary.json", "config.json", "metrics.jsonl", "test_predictions.npy")
 VOTERS = "dropout"  # the ensemble row is the vote of this rung's finished seeds
@@ -76,16 +81,26 @@ def finished(root: Path, name: str) -> list[tuple[int, Path]]:
     return sorted(runs)
 
 
-def test_labels(split: str) -> np.ndarray:
-    """MNIST's test labels in the order a run with this `--split` scored them."""
-    return data.mnist(order=split).test.labels
+def test_labels(split: str, dataset: str = "mnist") -> np.ndarray:
+    """The dataset's test labels in the order a run with this `--split` scored them."""
+    return data.load(dataset, order=split).test.labels
+
+
+def _dataset(summaries: list[dict]) -> str:
+    """The one dataset of a rung's runs (runs before --dataset were MNIST's)."""
+    names = {s.get("dataset", "mnist") for s in summaries}
+    if len(names) > 1:
+        raise UserError(f"runs of one rung on several datasets: {', '.join(sorted(names))}")
+    return names.pop() if names else "mnist"
 
 
 def rung_row(name: str, runs: list[tuple[int, Path]]) -> dict:
     summaries = [json.loads((folder / "summary.json").read_text()) for _, folder in runs]
+    dataset = _dataset(summaries)
     return {
         "net": name,
-        "book": nets.RUNGS[name].book_accuracy,
+        "dataset": dataset,
+        "book": nets.RUNGS[name].book_accuracy if dataset == "mnist" else None,
         "seeds": [seed for seed, _ in runs],
         "test": [s["test_accuracy"] for s in summaries],
         "epochs": sorted({s["epochs"] for s in summaries}),
@@ -99,7 +114,8 @@ def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
     did (five nets trained separately), with the members' own accuracies beside it."""
     voters = [(seed, f) for seed, f in runs if (f / "test_predictions.npy").exists()]
     row = rung_row(VOTERS, voters)
-    row["net"], row["book"] = "ensemble", nets.RUNGS["ensemble"].book_accuracy
+    row["net"] = "ensemble"
+    row["book"] = nets.RUNGS["ensemble"].book_accuracy if row["dataset"] == "mnist" else None
     row["members"], row["wall"] = row.pop("test"), []
     if voters:
         splits = {
@@ -111,8 +127,9 @@ def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
                 f"({', '.join(sorted(splits))}); their votes cannot be combined"
             )
         predictions = np.stack([np.load(f / "test_predictions.npy") for _, f in voters])
-        truth = labels(splits.pop())
-        row["test"] = [float((train.majority_vote(predictions, 10) == truth).mean())]
+        truth = labels(splits.pop(), row["dataset"])
+        votes = train.majority_vote(predictions, int(max(predictions.max(), truth.max())) + 1)
+        row["test"] = [float((votes == truth).mean())]
     else:
         row["test"] = []
     return row
@@ -130,14 +147,8 @@ def collect(root: Path, names: list[str]) -> list[dict]:
 
 
 def put_table(markdown: Path, text: str) -> None:
-    """Replace what lies between the MARKERS in `markdown` with `text`."""
-    page = markdown.read_text()
-    start, end = page.find(MARKERS[0]), page.find(MARKERS[1])
-    if start < 0 or end < start:
-        raise UserError(
-            f"{markdown} has no '{MARKERS[0].strip()}' ... '{MARKERS[1].strip()}' markers"
-        )
-    markdown.write_text(page[: start + len(MARKERS[0])] + text + page[end:])
+    """Replace the ladder's table in `markdown` with `text`."""
+    readme_tables.put_block(markdown, "ladder table", text)
 
 
 def table(rows: list[dict]) -> str:
@@ -160,9 +171,8 @@ def table(rows: list[dict]) -> str:
         epochs = "/".join(map(str, r["epochs"])) or "-"
         wall = f"{np.mean(r['wall']) / 60:.1f} min" if r["wall"] else "-"
         device = ", ".join(r["device"]) or "-"
-        lines.append(
-            f"| {r['net']} | {r['book']:.2f}% | {ours} | {seeds} | {epochs} | {wall} | {device} |"
-        )
+        book = "-" if r["book"] is None else f"{r['book']:.2f}%"
+        lines.append(f"| {r['net']} | {book} | {ours} | {seeds} | {epochs} | {wall} | {device} |")
     return "\n".join(lines)
 
 
@@ -171,7 +181,10 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
     try:
-        ladder(Path(FLAGS.workdir or "runs/ladder"))
+        dataset = FLAGS.dataset.replace("/", "_")
+        ladder(
+            Path(FLAGS.workdir or ("runs/ladder" + ("" if dataset == "mnist" else f"-{dataset}")))
+        )
     except (UserError, train.DivergedError) as e:
         common.fail(str(e))
 

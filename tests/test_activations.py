@@ -104,7 +104,10 @@ def test_study_helpers():
         (["--thresholds=0,99"], "--thresholds=0.0,99.0 must be in (0, 100]"),
         (["--epochs=0"], "--epochs=0 must be >= 1"),
         (["--batch_size=0"], "--batch_size=0 must be >= 1"),
-        (["--train_size=60000"], "--train_size=60000 must be in [1, 50000]"),
+        (
+            ["--train_size=60000"],
+            "--train_size=60000 must be at most 50,000, the training images of mnist",
+        ),
     ],
 )
 def test_bad_flags_get_one_clear_line(args, message):

@@ -41,6 +41,20 @@ def test_unknown_names_and_out_of_range_values_are_one_config_error_naming_each(
     assert float("nan") not in config.POSITIVE and None in config.POSITIVE
 
 
+def test_resolve_takes_only_the_given_overrides_and_names_bad_ones_as_flags():
+    base = config.preset(SETTINGS, {"epochs": 3})
+    c = config.resolve(base, {"epochs": None, "learning_rate": 0.5}, SETTINGS)
+    assert (c.epochs, c.learning_rate) == (3, 0.5)  # None: the preset's
+    with pytest.raises(ConfigError, match="--eps= must be"):  # an empty list is a value
+        config.resolve(config.preset(SETTINGS, {}), {"eps": []}, SETTINGS)
+    c = config.resolve(config.preset(SETTINGS, {}), {"eps": [], "train_size": None}, SETTINGS, True)
+    assert c.eps == (0.1, 0.3)  # an empty list unset, when asked
+    with pytest.raises(ConfigError, match="--epochs=0 must be >= 1"):
+        config.resolve(config.defaults(SETTINGS), {"epochs": 0}, SETTINGS)
+    with pytest.raises(ConfigError, match="epochs"):  # a string for an int: not a TypeError
+        config.resolve(config.defaults(SETTINGS), {"epochs": "many"}, SETTINGS)
+
+
 def test_a_setting_defaulting_to_none_must_say_its_kind():
     with pytest.raises(TypeError, match="give its kind"):
         config.Setting("seed", None)

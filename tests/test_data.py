@@ -129,3 +129,38 @@ def test_parse_idx_refuses_what_is_not_idx():
         data.parse_idx(b"PK\x03\x04 a zip file", "x")
     with pytest.raises(data.DataError, match="header says"):
         data.parse_idx(idx_bytes(np.zeros((2, 3, 4), np.uint8))[:-1], "x")
+
+
+def test_any_prepared_tfds_dataset_loads_split_as_mnist_is(tmp_path, monkeypatch):
+    from fake_tfds import prepared_copy
+
+    mnist = data.mnist(order="tfds")
+    monkeypatch.setenv("CLASSIC_NETS_CACHE", str(tmp_path / "cache"))
+    prepared_copy(tmp_path / "tfds", "fashion_mnist", train=600, test=200)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    assert data.training_size("fashion_mnist") == 500  # from the metadata: nothing decoded
+    splits = data.load("fashion_mnist")
+    assert [len(s) for s in splits] == [500, 100, 200]  # a sixth of a small split validates
+    np.testing.assert_array_equal(splits.train.images, mnist.train.images[:500])
+    np.testing.assert_array_equal(splits.validation.labels, mnist.train.labels[500:600])
+    assert data.num_classes(splits) == 10
+    assert len(data.load("fashion_mnist", train_size=50).train) == 50
+    with pytest.raises(data.DataError, match=r"train_size must be in \[1, 500\] for fashion"):
+        data.load("fashion_mnist", train_size=501)
+
+
+def test_emnist_is_put_upright_and_cached_under_a_flat_name(tmp_path, monkeypatch):
+    from fake_tfds import prepared_copy
+
+    mnist = data.mnist(order="tfds")
+    monkeypatch.setenv("CLASSIC_NETS_CACHE", str(tmp_path / "cache"))
+    prepared_copy(tmp_path / "tfds", "emnist/digits", train=120, test=30, version="3.1.0")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    splits = data.load("emnist/digits")
+    np.testing.assert_array_equal(
+        splits.train.images, mnist.train.images[:100].transpose(0, 2, 1, 3)
+    )
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [
+        "emnist_digits-test.npz",
+        "emnist_digits-train.npz",
+    ]

@@ -98,7 +98,10 @@ def test_a_workdir_with_other_settings_is_refused(tmp_path):
     ("args", "message"),
     [
         (["--expansions=none,fixed+warp"], "unknown expansion 'warp'"),
-        (["--train_sizes=1000,60000"], "--train_sizes=1000,60000 must be in [1, 50000]"),
+        (
+            ["--train_sizes=1000,60000"],
+            "--train_sizes=60000 must be at most 50,000, the training images of mnist",
+        ),
         (["--train_sizes=a"], "--train_sizes takes int values, got a"),
         (["--expansions=rotate", "--max_degrees=-5"], "--max_degrees=-5.0 must be in [0, 180]"),
         (["--expansions=rotate", "--max_degrees=0"], "'rotate' asks for max_degrees=0"),

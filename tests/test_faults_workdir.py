@@ -200,6 +200,9 @@ def test_imagenet_run_refuses_other_identity(tmp_path):
         ("experiments.activations", ["--preset=quick"]),
         ("experiments.expanded_data", ["--preset=quick"]),
         ("experiments.imagenet_nets", ["--model=resnet_tiny", "--dataset=mnist", "--workers=0"]),
+        ("experiments.adversarial", []),
+        ("experiments.autoencoders", ["--model=pca"]),
+        ("experiments.capsules", []),
     ],
 )
 def test_every_experiment_refuses_a_held_workdir(module, args, tmp_path):

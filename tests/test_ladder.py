@@ -42,7 +42,9 @@ def test_the_ensemble_is_the_vote_of_the_dropout_runs(tmp_path):
         wrong = np.arange(10 * seed, 10 * seed + 10)
         guess[wrong] = (truth[wrong] + 1) % 10
         fake_run(tmp_path / "dropout" / f"seed={seed}", float((guess == truth).mean()), guess)
-    row = ladder.ensemble_row(ladder.finished(tmp_path, "dropout"), labels=lambda split: truth)
+    row = ladder.ensemble_row(
+        ladder.finished(tmp_path, "dropout"), labels=lambda split, dataset: truth
+    )
     assert row["test"] == [1.0] and row["seeds"] == [0, 1, 2, 3, 4]
     assert np.mean(row["members"]) == pytest.approx(0.9)
     assert "| ensemble | 99.67% | 100.00% (vote; members' mean 90.00%) | 0,1,2,3,4 |" in (

@@ -1,5 +1,6 @@
 """The MNIST convnet experiment end to end: learning, resuming, devices, bad input."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -259,3 +260,34 @@ def test_blocks_of_steps_per_call_train_exactly_as_single_steps(rung, mnist_smal
     for one, blocked in zip(jax.tree.leaves(params), jax.tree.leaves(blocked_params), strict=True):
         np.testing.assert_array_equal(one, blocked)
     np.testing.assert_allclose(losses, blocked_losses, rtol=1e-6)
+
+
+def test_the_book_nets_train_on_another_tfds_dataset(tmp_path, monkeypatch):
+    from fake_tfds import prepared_copy
+
+    from experiments import mnist_convnet
+    from lib.core.errors import ConfigError
+
+    prepared_copy(tmp_path / "tfds", "fashion_mnist", train=1200, test=200)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("CLASSIC_NETS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match="--train_size=1001 must be at most 1,000"):
+        mnist_convnet.run({"dataset": "fashion_mnist", "train_size": 1001}, str(tmp_path / "x"))
+    assert not (tmp_path / "x").exists()
+    overrides = {"net": "relu", "dataset": "fashion_mnist", "epochs": 2, "num_devices": 1}
+    summary = mnist_convnet.run(overrides, str(tmp_path / "run"), verbose=False)
+    assert summary["dataset"] == "fashion_mnist" and summary["book_accuracy"] is None
+    assert summary["best_val_accuracy"] > 0.7  # 1,000 training images of (copied) digits
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["dataset"] == "fashion_mnist"
+
+
+def test_the_nets_infer_colour_32x32_images():
+    model = nets.create("relu")
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))["params"]
+    assert params["ConvPool_0"]["kernel"].shape == (5, 5, 3, 20)
+    assert params["FullyConnected_0"]["kernel"].shape == (5 * 5 * 40, 100)  # 32-4=28, /2, -4, /2
+    assert model.apply({"params": params}, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
+    assert nets.forward_macs(model, (32, 32, 3)) == (
+        28 * 28 * 25 * 3 * 20 + 10 * 10 * 25 * 20 * 40 + 1000 * 100 + 100 * 10
+    )

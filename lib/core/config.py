@@ -108,15 +108,42 @@ def preset(settings: Iterable[Setting], values: Mapping[str, Any]) -> ConfigDict
 
 
 def override(config: ConfigDict, values: Mapping[str, Any]) -> ConfigDict:
-    """Set fields of `config` in place (and return it); unknown names are a ConfigError
-    that lists the known ones."""
+    """Set fields of `config` in place (and return it); an unknown name is a ConfigError
+    that lists the known ones, and so is a value of the wrong type for its field."""
     unknown = sorted(set(values) - set(config))
     if unknown:
         raise ConfigError(
             f"unknown setting {', '.join(unknown)}; the settings are {', '.join(sorted(config))}"
         )
     for name, value in values.items():
-        config[name] = tuple(value) if isinstance(value, list) else value
+        try:
+            config[name] = tuple(value) if isinstance(value, list) else value
+        except TypeError as e:
+            raise ConfigError(str(e)) from None
+    return config
+
+
+def given(overrides: Mapping[str, Any], empty_lists_unset: bool = False) -> dict[str, Any]:
+    """The settings of `overrides` that are set: not None (and, with `empty_lists_unset`,
+    not an empty list), for a preset's or the defaults' values to stand for the rest."""
+    return {
+        k: v
+        for k, v in overrides.items()
+        if v is not None and not (empty_lists_unset and isinstance(v, (list, tuple)) and not v)
+    }
+
+
+def resolve(
+    config: ConfigDict,
+    overrides: Mapping[str, Any],
+    settings: Iterable[Setting],
+    empty_lists_unset: bool = False,
+) -> ConfigDict:
+    """`config` (the defaults, or a preset) with the given `overrides` over it (`given`),
+    checked against the settings' declared values, named as command-line flags: a
+    ConfigError names each bad one."""
+    override(config, given(overrides, empty_lists_unset))
+    check(config, settings, prefix="--")
     return config
 
 

@@ -2,7 +2,9 @@
 
 MNIST follows Nielsen's split ("Neural Networks and Deep Learning", chapter 1):
 the first 50,000 training images train, the last 10,000 validate, and the 10,000
-test images are kept apart for the final score.
+test images are kept apart for the final score. Any other TFDS image classification
+dataset of small images (`load("fashion_mnist")`, "kmnist", "emnist/digits",
+"cifar10", ...) is split the same way: the last 10,000 of its training split validate.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def default_cache_dir() -> Path:
 
 
 def _tfds_dir(data_dir: str | None = None) -> str:
-    return data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    """The TFDS data folder: `data_dir`, else $TFDS_DATA_DIR as it is now (TFDS itself
+    keeps the one it saw first), else TFDS's default."""
+    return os.path.expanduser(
+        data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    )
 
 
 def _prepared_source(name: str, split: str, data_dir: str | None):
@@ -52,7 +58,7 @@ def _prepared_source(name: str, split: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        return tfds.data_source(name, split=split, data_dir=_tfds_dir(data_dir), download=False)
     except Exception:  # TFDS raises several types for "not prepared here"
         return None
 
@@ -63,7 +69,7 @@ def _downloaded_source(name: str, split: str, data_dir: str | None):
 
     where = _tfds_dir(data_dir)
     try:
-        return tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+        return tfds.data_source(name, split=split, data_dir=_tfds_dir(data_dir), download=True)
     except ModuleNotFoundError as failed:
         raise DataError(
             f"dataset '{name}' is not prepared in {where}, and preparing it from its "
@@ -136,7 +142,7 @@ def load_tfds_arrays(
     give the same arrays and no TensorFlow is needed.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
-    cache = cache_dir / f"{name}-{split}.npz"
+    cache = cache_dir / f"{name.replace('/', '_')}-{split}.npz"
     cached = _read_cache(cache)
     if cached is not None:
         return cached
@@ -266,36 +272,75 @@ def mnist_from_download(
 
 ORDERS = ("book", "tfds")
 
+# Datasets known to work with the book's nets (any other TFDS image classification
+# dataset of small images may be named as well).
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist/digits", "cifar10")
 
-def mnist(
-    validation_size: int = 10_000,
+
+def _held_out(n: int) -> int:
+    """Images held out of a training split of `n` for validation: MNIST's 10,000 for a
+    split of 50,000 or more, a sixth of a smaller one."""
+    return 10_000 if n >= 50_000 else n // 6
+
+
+def _train_split_size(dataset: str, data_dir: str | None) -> int | None:
+    """Images in the dataset's training split, read from its prepared copy's metadata or
+    its cache (nothing is decoded); None when neither is here yet."""
+    cache = default_cache_dir() / f"{dataset.replace('/', '_')}-train.npz"
+    source = _prepared_source(dataset, "train", data_dir)
+    if source is not None:
+        return len(source)
+    cached = _read_cache(cache)
+    if cached is not None:
+        return len(cached[1])
+    return 60_000 if dataset == "mnist" else None  # MNIST's download has 60,000
+
+
+def training_size(dataset: str = "mnist", data_dir: str | None = None) -> int | None:
+    """Images that train in `load(dataset)` (before any train_size), without decoding
+    them: for a run to check its settings before it starts; None when the dataset is not
+    prepared here yet (loading it will say how to)."""
+    n = _train_split_size(dataset, data_dir)
+    return None if n is None else n - _held_out(n)
+
+
+def load(
+    dataset: str = "mnist",
     train_size: int | None = None,
     data_dir: str | None = None,
-    order: str = "tfds",
+    order: str = "book",
+    validation_size: int | None = None,
 ) -> Splits:
-    """MNIST with the validation images held out of the end of the training split.
+    """`dataset`'s images and labels, with `validation_size` images held out of the end of
+    its training split (default: the module's `validation_size` rule, 10,000 for MNIST).
 
-    `order="book"` puts both splits back in the original files' order (`tfds_order`),
-    so the validation images are the last 10,000 of the original 60,000, the book's
-    (`mnist.pkl.gz` of `network3.py`); "tfds" keeps the order TFDS stores them in.
+    For MNIST, `order="book"` puts both splits back in the original files' order
+    (`tfds_order`), so the validation images are the last 10,000 of the original 60,000,
+    the book's (`mnist.pkl.gz` of `network3.py`); "tfds" keeps the order TFDS stores
+    them in, as every other dataset is kept (they have no book's split).
     `train_size` keeps only the first images of the training part, for quick runs;
     the validation and test sets are unchanged by it.
     """
     if order not in ORDERS:
         raise DataError(f"unknown order '{order}'; choose from {', '.join(ORDERS)}")
-    train_x, train_y = load_tfds_arrays("mnist", "train", data_dir)
-    test_x, test_y = load_tfds_arrays("mnist", "test", data_dir)
-    if order == "book":
+    train_x, train_y = load_tfds_arrays(dataset, "train", data_dir)
+    test_x, test_y = load_tfds_arrays(dataset, "test", data_dir)
+    if dataset == "mnist" and order == "book":
         back = np.argsort(tfds_order(len(train_y), "train"))
         train_x, train_y = train_x[back], train_y[back]
         back = np.argsort(tfds_order(len(test_y), "test"))
         test_x, test_y = test_x[back], test_y[back]
-    if not 0 < validation_size < len(train_y):
-        raise DataError(f"validation_size must be in (0, {len(train_y)}), got {validation_size}")
-    n_train = len(train_y) - validation_size
+    if dataset.startswith("emnist"):
+        # TFDS stores EMNIST's images transposed (as the original files do); put them
+        # upright, as MNIST's are, so that pictures and shape-aware augmentations agree.
+        train_x, test_x = train_x.transpose(0, 2, 1, 3), test_x.transpose(0, 2, 1, 3)
+    held_out = _held_out(len(train_y)) if validation_size is None else validation_size
+    if not 0 < held_out < len(train_y):
+        raise DataError(f"validation_size must be in (0, {len(train_y)}), got {held_out}")
+    n_train = len(train_y) - held_out
     if train_size is not None:
         if not 0 < train_size <= n_train:
-            raise DataError(f"train_size must be in [1, {n_train}], got {train_size}")
+            raise DataError(f"train_size must be in [1, {n_train}] for {dataset}, got {train_size}")
         n_keep = train_size
     else:
         n_keep = n_train
@@ -308,3 +353,18 @@ def mnist(
         validation=to_split(train_x[n_train:], train_y[n_train:]),
         test=to_split(test_x, test_y),
     )
+
+
+def num_classes(splits: Splits) -> int:
+    """Classes of a dataset, as its labels show: one more than the largest."""
+    return int(max(s.labels.max(initial=0) for s in splits)) + 1
+
+
+def mnist(
+    validation_size: int = 10_000,
+    train_size: int | None = None,
+    data_dir: str | None = None,
+    order: str = "tfds",
+) -> Splits:
+    """MNIST (`load("mnist", ...)`), in TFDS's stored order unless `order="book"`."""
+    return load("mnist", train_size, data_dir, order, validation_size)

@@ -81,7 +81,8 @@ def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     fig, ax = subplots(figsize=(8, 4.2))
     names = [r["net"] for r in rows]
     for i, r in enumerate(rows):
-        ax.plot([i - 0.3, i + 0.3], [r["book"]] * 2, color="grey", lw=2, label="book")
+        if r["book"] is not None:  # the book's numbers are MNIST's
+            ax.plot([i - 0.3, i + 0.3], [r["book"]] * 2, color="grey", lw=2, label="book")
         ours = 100 * np.asarray(r["test"])
         if len(ours):
             jitter = np.linspace(-0.12, 0.12, len(ours)) if len(ours) > 1 else np.zeros(1)
@@ -100,6 +101,51 @@ def ladder(rows: Sequence[Mapping], path: str | Path, title: str = "") -> None:
     ax.legend(unique.values(), unique.keys(), loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def as_images(x: np.ndarray, image_shape: Sequence[int] | None = None, batch_dims: int = 1):
+    """Flattened images (..., pixels), `batch_dims` leading axes, as (..., H, W) or
+    (..., H, W, C): `image_shape` (H, W, C) (one channel dropped), or square and grey
+    when None."""
+    x = np.asarray(x)
+    lead = x.shape[:batch_dims]
+    if image_shape is None:
+        side = round(np.sqrt(np.prod(x.shape[batch_dims:])))
+        image_shape = (side, side)
+    shape = tuple(image_shape)
+    if len(shape) == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    return x.reshape(*lead, *shape)
+
+
+def mosaic(images: np.ndarray, gap: int = 1) -> np.ndarray:
+    """Images (rows, cols, H, W) or (rows, cols, H, W, C) as one canvas, `gap` pixels apart:
+    one picture for a large grid, quick to draw. Grey gaps are NaN (drawn blank), colour
+    gaps white."""
+    images = np.asarray(images, dtype=np.float32)
+    rows, cols, h, w = images.shape[:4]
+    colour = images.shape[4:]
+    canvas = np.full(
+        (rows * (h + gap) - gap, cols * (w + gap) - gap, *colour), 1.0 if colour else np.nan
+    )
+    for r in range(rows):
+        for c in range(cols):
+            canvas[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = images[
+                r, c
+            ]
+    return canvas
+
+
+def show(ax, image: np.ndarray, signed: bool = False) -> None:
+    """An image (H, W) or (H, W, C) in [0, 1], dark on light if grey; with `signed`, values
+    in [-1, 1] (weights), grey zero."""
+    image = np.squeeze(image)
+    if image.ndim == 3:  # colour: no colour map, values clipped to [0, 1]
+        ax.imshow(np.clip((image + 1) / 2 if signed else image, 0, 1), interpolation="nearest")
+    elif signed:
+        ax.imshow(image, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
 
 
 def _digit(ax, image: np.ndarray, title: str = "", cmap: str = "gray_r", low: float = 0.0) -> None:

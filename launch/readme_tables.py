@@ -1,0 +1,138 @@
+"""The README's tables of results, written from the small files the runs left in
+results/ (never typed by hand), between markers such as
+
+    <!-- autoencoders: results -->
+    ...
+    <!-- /autoencoders -->
+
+    python -m launch.readme_tables                       # every table into README.md
+    python -m launch.readme_tables --readme=/tmp/R.md --results=results
+
+A table lists the finished runs there are; a topic with none says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from absl import app, flags
+
+from lib.core.errors import UserError
+
+FLAGS = flags.FLAGS
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The lines around block `name` ("ladder table", "autoencoders: results")."""
+    return f"<!-- {name} -->\n", f"\n<!-- /{name.split(':')[0]} -->"
+
+
+def put_block(markdown: Path, name: str, text: str) -> None:
+    """Replace what lies between block `name`'s markers in `markdown` with `text`."""
+    first, last = markers(name)
+    page = Path(markdown).read_text()
+    start, end = page.find(first), page.find(last)
+    if start < 0 or end < start:
+        raise UserError(f"{markdown} has no '{first.strip()}' ... '{last.strip()}' markers")
+    Path(markdown).write_text(page[: start + len(first)] + text + page[end:])
+
+
+def summaries(folder: Path) -> list[tuple[str, dict, dict]]:
+    """(run name, summary, config) of each finished run under `folder`, by name."""
+    runs = []
+    for summary_file in sorted(Path(folder).glob("*/summary.json")):
+        summary = json.loads(summary_file.read_text())
+        if summary.get("finished"):
+            config = json.loads((summary_file.parent / "config.json").read_text())
+            runs.append((summary_file.parent.name, summary, config))
+    return runs
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+# What each autoencoder reports, and how: (summary key, format).
+REPORTED = {
+    "pca": ("test_squared_error", "{:.2f}"),
+    "deep": ("test_squared_error", "{:.2f}"),
+    "deep_random": ("test_squared_error", "{:.2f}"),
+    "codes2d": ("test_squared_error", "{:.2f}"),
+    "denoising": ("test_squared_error", "{:.2f}"),
+    "vae": ("test_negative_elbo", "{:.1f} nats"),
+    "dbn_classifier": ("test_error", "{:.2%}"),
+    "random_classifier": ("test_error", "{:.2%}"),
+}
+
+
+def autoencoders_table(folder: Path) -> str:
+    runs = summaries(folder)
+    if not runs:
+        return "No run of the study has finished yet."
+    lines = [
+        "| run | model | net | ours | reference | epochs | wall time | device |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, summary, config in runs:
+        key, form = REPORTED[config["model"]]
+        reference = summary.get("reference")
+        epochs = config["epochs"] if config["model"] != "pca" else "-"
+        if config.get("pretrain_epochs"):
+            epochs = f"{config['pretrain_epochs']} per RBM + {epochs}"
+        lines.append(
+            f"| {name} | `{config['model']}` | {'-'.join(map(str, config['layers']))} | "
+            f"{form.format(summary[key])} | "
+            f"{'-' if reference is None else form.format(reference)} | {epochs} | "
+            f"{_time(summary['wall_time_s'])} | {summary['device']} |"
+        )
+    return "\n".join(lines)
+
+
+def capsules_table(folder: Path) -> str:
+    runs = summaries(folder)
+    if not runs:
+        return "No run of the table has finished yet."
+    lines = [
+        "| run | test error | paper | rotated / skewed accuracy | epochs | wall time | device |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, summary, _ in runs:
+        paper = summary.get("paper_test_error_pct")
+        lines.append(
+            f"| {name} | {summary['test_error']:.2%} | "
+            f"{'-' if paper is None else f'{paper:.2f}%'} | "
+            f"{summary['test_rotated_accuracy']:.2%} / {summary['test_skewed_accuracy']:.2%} | "
+            f"{summary['epochs']} | {_time(summary['wall_time_s'])} | {summary['device']} |"
+        )
+    return "\n".join(lines)
+
+
+TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "autoencoders: results": ("autoencoders", autoencoders_table),
+    "capsules: results": ("capsules", capsules_table),
+}
+
+
+def write_all(results: Path, readme: Path) -> None:
+    for block, (topic, table) in TABLES.items():
+        put_block(readme, block, table(Path(results) / topic))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected argument '{argv[1]}'")
+    try:
+        write_all(Path(FLAGS.results), Path(FLAGS.readme))
+    except (UserError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {', '.join(TABLES)} into {FLAGS.readme}")
+
+
+if __name__ == "__main__":  # flags of the command only: launch.ladder imports put_block
+    flags.DEFINE_string("results", "results", "Folder of the runs' small files, one per topic.")
+    flags.DEFINE_string("readme", "README.md", "The markdown file whose tables are rewritten.")
+    app.run(main)

@@ -1,0 +1,58 @@
+"""The README's tables of the new topics are what `launch.readme_tables` writes from
+results/, and that writes each finished run's numbers."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from launch import readme_tables
+from lib.core.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_readme_holds_the_tables_the_results_make(tmp_path):
+    copy = tmp_path / "README.md"
+    shutil.copyfile(ROOT / "README.md", copy)
+    readme_tables.write_all(ROOT / "results", copy)
+    assert copy.read_text() == (ROOT / "README.md").read_text(), (
+        "run `python -m launch.readme_tables` to bring the README up to date"
+    )
+
+
+def write_run(folder: Path, summary: dict, config: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"finished": True, **summary}))
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_tables_show_each_finished_run(tmp_path):
+    write_run(
+        tmp_path / "autoencoders" / "pca",
+        {"test_squared_error": 13.8661, "reference": 13.87, "wall_time_s": 42.0,
+         "device": "cpu x1"},
+        {"model": "pca", "layers": [30], "epochs": None, "pretrain_epochs": None},
+    )  # fmt: skip
+    write_run(
+        tmp_path / "autoencoders" / "dbn",
+        {"test_error": 0.0123, "reference": 0.012, "wall_time_s": 7200.0, "device": "gpu x1"},
+        {"model": "dbn_classifier", "layers": [500, 500, 2000], "epochs": 50,
+         "pretrain_epochs": 50},
+    )  # fmt: skip
+    (tmp_path / "autoencoders" / "unfinished").mkdir()
+    table = readme_tables.autoencoders_table(tmp_path / "autoencoders")
+    assert "| pca | `pca` | 30 | 13.87 | 13.87 | - | 1 min | cpu x1 |" in table
+    assert "| dbn | `dbn_classifier` | 500-500-2000 | 1.23% | 1.20% | 50 per RBM + 50 | 2.0 h" in (
+        table
+    )
+    assert "unfinished" not in table
+    assert "No run" in readme_tables.capsules_table(tmp_path / "capsules")
+
+
+def test_a_page_without_the_markers_is_named(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("no tables here\n")
+    with pytest.raises(UserError, match="has no '<!-- capsules: results -->'"):
+        readme_tables.put_block(page, "capsules: results", "| x |")
