@@ -1,7 +1,17 @@
-"""Test set-up: eight simulated CPU devices, and MNIST from the prepared copy beside the repo."""
+"""Test set-up: eight simulated CPU devices, MNIST from the prepared copy beside the repo,
+one compilation cache for the session, and the helpers beside this file importable from
+the topic folders."""
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
+
+# The tests mirror lib/ in folders; their shared helpers (commands, fake_tfds, ...) live
+# here, beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Both must be set before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -10,6 +20,15 @@ if "TFDS_DATA_DIR" not in os.environ and _shared.exists():
     os.environ["TFDS_DATA_DIR"] = str(_shared)
 elif "TFDS_DATA_DIR" in os.environ:  # subprocesses may run elsewhere: make it absolute
     os.environ["TFDS_DATA_DIR"] = str(Path(os.environ["TFDS_DATA_DIR"]).resolve())
+
+# One compilation cache for the session, in this process and in every command a test
+# runs: a program that several tests build (a rung at a test's sizes) compiles once, not
+# once per process. The cache gives back the same executable, so no result changes.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="classic-nets-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

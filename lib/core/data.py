@@ -45,7 +45,7 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "classic_nets"
 
 
-def _tfds_dir(data_dir: str | None = None) -> str:
+def tfds_dir(data_dir: str | None = None) -> str:
     """The TFDS data folder: `data_dir`, else $TFDS_DATA_DIR as it is now (TFDS itself
     keeps the one it saw first), else TFDS's default."""
     return os.path.expanduser(
@@ -58,7 +58,7 @@ def _prepared_source(name: str, split: str, data_dir: str | None):
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.data_source(name, split=split, data_dir=_tfds_dir(data_dir), download=False)
+        return tfds.data_source(name, split=split, data_dir=tfds_dir(data_dir), download=False)
     except Exception:  # TFDS raises several types for "not prepared here"
         return None
 
@@ -67,9 +67,9 @@ def _downloaded_source(name: str, split: str, data_dir: str | None):
     """The split after TFDS downloads and prepares it (its builders need TensorFlow)."""
     import tensorflow_datasets as tfds
 
-    where = _tfds_dir(data_dir)
+    where = tfds_dir(data_dir)
     try:
-        return tfds.data_source(name, split=split, data_dir=_tfds_dir(data_dir), download=True)
+        return tfds.data_source(name, split=split, data_dir=tfds_dir(data_dir), download=True)
     except ModuleNotFoundError as failed:
         raise DataError(
             f"dataset '{name}' is not prepared in {where}, and preparing it from its "
@@ -94,7 +94,7 @@ def _decode_all(source, name: str, split: str, data_dir: str | None):
         images = np.stack([e["image"] for e in examples]).astype(np.uint8)
         labels = np.asarray([e["label"] for e in examples], dtype=np.int32)
     except Exception as failed:  # array_record and the image decoder raise many types
-        where = Path(_tfds_dir(data_dir)).expanduser() / name
+        where = Path(tfds_dir(data_dir)).expanduser() / name
         raise DataError(
             f"the '{split}' split of {name} in {where} cannot be read "
             f"({type(failed).__name__}: {_first_line(failed)}): its files are damaged; "
@@ -228,7 +228,7 @@ def _fetch(url: str, sha256: str, folder: Path) -> bytes:
     except (urllib.error.URLError, OSError) as failed:
         reason = getattr(failed, "reason", failed)
         raise DataError(
-            f"MNIST is not prepared in {_tfds_dir()} and could not be downloaded from "
+            f"MNIST is not prepared in {tfds_dir()} and could not be downloaded from "
             f"{url} ({reason}). Set TFDS_DATA_DIR to a folder that holds a prepared copy "
             "(for example TFDS_DATA_DIR=../shared/tensorflow_datasets), or run once with "
             "a network."
@@ -254,7 +254,7 @@ def mnist_from_download(
     if split not in MNIST_FILES:
         raise DataError(f"MNIST has splits {sorted(MNIST_FILES)}, not '{split}'")
     base = url or os.environ.get("CLASSIC_NETS_MNIST_URL") or MNIST_URL
-    folder = Path(_tfds_dir(data_dir)).expanduser() / "downloads" / "mnist_idx"
+    folder = Path(tfds_dir(data_dir)).expanduser() / "downloads" / "mnist_idx"
     (images_file, images_sha), (labels_file, labels_sha) = MNIST_FILES[split]
     images = parse_idx(
         gzip.decompress(_fetch(base.rstrip("/") + "/" + images_file, images_sha, folder)),

@@ -30,7 +30,6 @@ from __future__ import annotations
 import collections
 import io
 import math
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -38,6 +37,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from lib.core.data import tfds_dir
 from lib.core.errors import DataError
 
 # ImageNet channel statistics of pixel values in [0, 1] (RGB), the usual constants.
@@ -58,16 +58,16 @@ def open_tfds_source(
     """
     import tensorflow_datasets as tfds
 
+    where = tfds_dir(data_dir)  # TFDS alone would keep the first $TFDS_DATA_DIR it saw
     try:
         return tfds.data_source(
             name,
             split=split,
-            data_dir=data_dir,
+            data_dir=where,
             download=False,
             decoders={image_key: tfds.decode.SkipDecoding()},
         )
     except Exception as err:  # TFDS raises several types for "not prepared here"
-        where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(
             f"cannot read split '{split}' of TFDS dataset '{name}' from {where} "

@@ -23,8 +23,8 @@ along the `data` axis and the state replicated. Batch norm takes its mean and va
 `jnp.mean` over the batch axis of the *global* array, so XLA inserts the cross-device
 reduction itself and every device normalises with the statistics of the whole global
 batch: the same numbers one device computes for that batch. The models therefore run with
-`bn_axis_name=None` (see `lib.imagenet.nets.common`); tests/test_imagenet.py checks that eight
-devices give one device's batch statistics and parameters.
+`bn_axis_name=None` (see `lib.imagenet.nets.common`); tests/imagenet/test_imagenet.py checks
+that eight devices give one device's batch statistics and parameters.
 """
 
 from __future__ import annotations

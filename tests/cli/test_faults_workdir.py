@@ -14,7 +14,7 @@ from commands import run_module
 from lib.core import config as config_lib
 from lib.core import metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--train_size=200", "--batch_size=20", "--num_devices=1"]
 TIMING = ("epoch_time_s", "examples_per_s")
 HOLD = (  # holds the workdir argv[1] until killed

@@ -13,7 +13,7 @@ from lib.core.errors import ConfigError
 from lib.nielsen import nets, studies
 from lib.nielsen import train as train_lib
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STRENGTHS = {"max_shift": 2, "max_degrees": 15.0, "max_skew": 0.3, "elastic_alpha": 34.0,
              "elastic_sigma": 4.0}  # fmt: skip
 

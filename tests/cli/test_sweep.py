@@ -17,7 +17,7 @@ import pytest
 
 from launch import results, sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKE = "tests.fake_experiment"
 
 

@@ -10,7 +10,7 @@ import pytest
 from launch import readme_tables
 from lib.core.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_readme_holds_the_tables_the_results_make(tmp_path):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 
 import grain
 import jax
 import numpy as np
 import pytest
+from commands import ROOT
 from PIL import Image
 
 from lib.core.errors import DataError
@@ -200,3 +203,21 @@ def test_synthetic_images_decode_like_imagenet_jpegs():
     assert image.format == "JPEG" and image.size == (500, 375)
     batch = batches(source, 1, batch_size=4, image_size=64)[0]
     assert batch["image"].shape == (4, 64, 64, 3)
+
+
+def test_the_data_folder_is_read_when_the_split_is_opened(tmp_path):
+    """TFDS keeps the $TFDS_DATA_DIR it saw when first imported; the pipeline reads it
+    anew, so a process that imported TFDS under another folder still finds the data."""
+    script = (
+        "import os, sys\n"
+        "real = os.environ['TFDS_DATA_DIR']\n"
+        f"os.environ['TFDS_DATA_DIR'] = {str(tmp_path)!r}\n"
+        "import tensorflow_datasets\n"
+        "os.environ['TFDS_DATA_DIR'] = real\n"
+        "from lib.imagenet import input_pipeline\n"
+        "print(len(input_pipeline.open_tfds_source('mnist', 'train[:8]')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "8", done.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 
 from launch import local_cluster
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORKER = os.path.join(ROOT, "tests", "multiprocess_worker.py")
 
 

@@ -9,7 +9,7 @@ import pytest
 from lib.core import config
 from lib.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = (
     config.Setting("epochs", 60, "Epochs.", config.AT_LEAST_1),
     config.Setting("learning_rate", 0.1, "Eta.", config.POSITIVE),

@@ -13,7 +13,7 @@ from lib.core import config as config_lib
 from lib.core.errors import ConfigError
 from lib.nielsen import studies
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args):

@@ -20,7 +20,7 @@ from lib.imagenet import train as it
 from lib.imagenet.nets import registry
 from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # resnet_tiny on 2,048 MNIST images at 32x32: 64 steps per epoch, about 20 s on two cores.
 SMOKE = ["--model=resnet_tiny", "--dataset=mnist", "--train_split=train[:2048]",
          "--eval_split=test[:500]", "--image_size=32", "--batch_size=32", "--steps=120",

@@ -19,7 +19,7 @@ from commands import ROOT, run_module
 
 from lib.autoencoders import nets, pca, rbm
 from lib.core import steps
-from lib.core.errors import ConfigError
+from lib.core.errors import ConfigError, UserError
 
 
 def bars(n: int, side: int = 4, seed: int = 0) -> np.ndarray:
@@ -271,6 +271,8 @@ def test_a_run_killed_during_pretraining_resumes_to_the_uninterrupted_result(tmp
     assert outcome(split) == outcome(tmp_path / "whole")
     for picture in ("codes2d.png", "rbm_filters.png", "reconstructions.png"):
         assert (split / picture).stat().st_size > 3_000, picture
+    with pytest.raises(UserError, match="holds a run with other settings: layers="):
+        autoencoders.run({**TINY, "layers": (32, 3)}, str(split), verbose=False)
 
 
 def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):

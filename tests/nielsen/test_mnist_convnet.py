@@ -16,7 +16,7 @@ from commands import result, run_module
 from lib.core import parallel
 from lib.nielsen import nets, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1"]
 
 
