@@ -223,7 +223,16 @@ def attack(target: Target, test: data.Split, config: dict, say) -> tuple[dict, d
     return out, pictures
 
 
+def _ladder_order(names) -> list[str]:
+    """Target names as the ladder orders its rungs (shallow first), the rest after them,
+    each group by name: the same order however summary.json stored its keys."""
+    rank = {net: i for i, net in enumerate(nets.NETS)}
+    first_word = lambda name: name.split(",")[0].split(" ")[0]
+    return sorted(names, key=lambda n: (rank.get(first_word(n), len(rank)), n))
+
+
 def table(summary: dict) -> str:
+    """The study's markdown table (and the transfer table) from its summary."""
     eps = summary["eps"]
     lines = [
         "| net | clean error | "
@@ -233,7 +242,8 @@ def table(summary: dict) -> str:
         + " | min. distortion (RMS) | fooling: least confidence |",
         "| --- | ---: | " + " | ".join("---:" for _ in range(2 * len(eps) + 2)) + " |",
     ]
-    for name, r in summary["targets"].items():
+    for name in _ladder_order(summary["targets"]):
+        r = summary["targets"][name]
         cells = [f"{100 * r['clean_error']:.1f}%"]
         cells += [f"{100 * r['fgsm'][str(e)]:.1f}%" for e in eps]
         cells += [f"{100 * r['pgd'][str(e)]:.1f}%" for e in eps]
@@ -243,7 +253,7 @@ def table(summary: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     transfer = summary.get("transfer")
     if transfer:
-        names = list(transfer)
+        names = _ladder_order(transfer)
         lines += [
             "",
             f"Transfer: test error of each net (columns) on FGSM images (eps "
