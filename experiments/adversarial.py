@@ -24,9 +24,10 @@ FGSM and PGD (L-inf) at each of --eps, the mean per-pixel RMS distortion of Szeg
 minimum distortion toward a random wrong label (L-BFGS with a search over c), and one
 fooling image per class with its confidence; with several targets, the error of each
 target on the FGSM images made on each other one (transfer). WORKDIR gets
-config.json, summary.json, table.md, examples.png (clean, perturbation amplified,
-adversarial) and fooling.png; a finished target's results are kept in
-WORKDIR/targets/, so a rerun after an interruption goes on from the next target.
+config.json, summary.json, table.md, error_vs_eps.png (error against eps per net),
+examples.png (clean, perturbation amplified, adversarial) and fooling.png; a finished
+target's results are kept in WORKDIR/targets/, so a rerun after an interruption goes on
+from the next target.
 """
 
 from __future__ import annotations
@@ -368,6 +369,8 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     summary["device"] = f"{jax.devices()[0].device_kind} x1"
     text = table(summary)
     (root / "table.md").write_text(text + "\n")
+    if writer.enabled:
+        plots.error_vs_eps(summary, root / "error_vs_eps.png", "test error under attack")
     if pictures:
         name, shown = next(iter(pictures.items()))
         plots.adversarial_examples(

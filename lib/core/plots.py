@@ -183,3 +183,26 @@ def image_row(images: np.ndarray, titles: Sequence[str], path: str | Path, title
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def error_vs_eps(summary: Mapping, path: str | Path, title: str = "") -> None:
+    """A blind-spot study's test error under attack against the budget eps, one colour per
+    net, FGSM solid and PGD dashed, the clean error at eps 0 (`summary` as
+    experiments.adversarial writes it)."""
+    eps = [0.0, *map(float, summary["eps"])]
+    fig, ax = subplots(figsize=(6.4, 4.2))
+    for i, (name, r) in enumerate(summary["targets"].items()):
+        colour = f"C{i}"
+        for attack, style in (("fgsm", "-"), ("pgd", "--")):
+            errors = [r["clean_error"], *(r[attack][str(e)] for e in summary["eps"])]
+            ax.plot(eps, [100 * e for e in errors], style, color=colour, marker="o",
+                    markersize=3, label=f"{name}, {attack.upper()}")  # fmt: skip
+    ax.set_xlabel("eps (L-inf budget, pixels in [0, 1])")
+    ax.set_ylabel("test error under attack (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -158,7 +158,7 @@ def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(two_targ
         assert r["distortion"]["of"] == 4 and len(r["fooling_confidence"]) == 10
         # The transfer table's diagonal is the net's own FGSM error at --transfer_eps.
         assert summary["transfer"][name][name] == r["fgsm"]["0.1"]
-    for picture in ("examples.png", "fooling.png"):
+    for picture in ("examples.png", "fooling.png", "error_vs_eps.png"):
         assert (tmp_path / picture).stat().st_size > 5_000
     assert "Transfer" in (tmp_path / "table.md").read_text()
     again = run_module("experiments.adversarial", *args, "--eps=0.1,0.3")
