@@ -52,6 +52,8 @@ def summaries(folder: Path) -> list[tuple[str, dict, dict]]:
 
 
 def _time(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 

@@ -43,7 +43,7 @@ def test_tables_show_each_finished_run(tmp_path):
     )  # fmt: skip
     (tmp_path / "autoencoders" / "unfinished").mkdir()
     table = readme_tables.autoencoders_table(tmp_path / "autoencoders")
-    assert "| pca | `pca` | 30 | 13.87 | 13.87 | - | 1 min | cpu x1 |" in table
+    assert "| pca | `pca` | 30 | 13.87 | 13.87 | - | 42 s | cpu x1 |" in table
     assert "| dbn | `dbn_classifier` | 500-500-2000 | 1.23% | 1.20% | 50 per RBM + 50 | 2.0 h" in (
         table
     )
