@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Apply = Callable[[Any, jax.Array], jax.Array]
@@ -117,6 +118,18 @@ def _distort(apply: Apply, params, x, target, c, iterations: int):
     return jax.vmap(one)(inside, target, c)
 
 
+def check_labels(apply: Apply, params, x: jax.Array, labels, what: str = "target") -> None:
+    """ValueError unless every one of `labels` (concrete, not traced) names one of the
+    net's classes: out of range, the softmax would silently score no class at all."""
+    classes = jax.eval_shape(lambda z: apply(params, z), x[:1]).shape[-1]
+    labels = np.asarray(labels)
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise ValueError(
+            f"{what} labels must be in [0, {classes}), the net's classes; got {bad[0]}"
+        )
+
+
 def minimum_distortion(
     apply: Apply,
     params,
@@ -133,6 +146,7 @@ def minimum_distortion(
 
     Where no c succeeds the image is returned unchanged with found False.
     """
+    check_labels(apply, params, x, target)
     batch = (-1,) + (1,) * (x.ndim - 1)
     best, best_norm = x, jnp.full(len(x), jnp.inf)
     c_hit = jnp.zeros(len(x))  # the largest c that succeeded (0: none yet)
@@ -159,7 +173,6 @@ def minimum_distortion(
     return best, jnp.isfinite(best_norm)
 
 
-@partial(jax.jit, static_argnames=("apply", "max_steps"))
 def fooling_images(
     apply: Apply,
     params,
@@ -173,6 +186,12 @@ def fooling_images(
     in [0, 1] until the net gives each image's label at least `confidence` (each image
     stops moving once it does) or `max_steps` pass; returns the images and their
     probabilities of `label`."""
+    check_labels(apply, params, start, label, "fooling")
+    return _fooling_images(apply, params, start, label, confidence, step_size, max_steps)
+
+
+@partial(jax.jit, static_argnames=("apply", "max_steps"))
+def _fooling_images(apply, params, start, label, confidence, step_size, max_steps):
 
     def probability(z):
         return jnp.take_along_axis(jax.nn.softmax(apply(params, z)), label[:, None], 1)[:, 0]

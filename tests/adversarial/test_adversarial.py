@@ -110,6 +110,17 @@ def test_fooling_images_reach_near_certainty_for_every_class(softmax_regression,
     assert bool((adversarial.predictions(linear, params, images) == jnp.arange(10)).all())
 
 
+@pytest.mark.parametrize("label", [10, -1])
+def test_a_target_label_out_of_range_is_refused(softmax_regression, label):
+    params, _, _ = softmax_regression
+    x, labels = jnp.zeros((2, 28, 28, 1)), jnp.array([3, label])
+    message = rf"labels must be in \[0, 10\), the net's classes; got {label}"
+    with pytest.raises(ValueError, match="fooling " + message):
+        adversarial.fooling_images(linear, params, x, labels)
+    with pytest.raises(ValueError, match="target " + message):
+        adversarial.minimum_distortion(linear, params, x, labels)
+
+
 @pytest.fixture(scope="module")
 def two_targets(tmp_path_factory):
     """Two finished shallow runs (seeds 0 and 1) on 2,000 images, one epoch each."""
