@@ -337,7 +337,7 @@ def _trained(config, root, train, test, validation, verbose, stop) -> dict:
     """Pretraining (where asked), then training through `loop.train`, then the pictures."""
     model, layers, seed = config["model"], tuple(config["layers"]), config["seed"]
     x, y = _flat(train), train.labels
-    shape, classes = train.images.shape[1:], int(max(train.labels.max(), test.labels.max())) + 1
+    shape, classes = train.images.shape[1:], data_lib.num_classes((train, test))
     scored = {"test": (_flat(test), test.labels)}
     if validation is not None:
         scored["val"] = (_flat(validation), validation.labels)

@@ -14,6 +14,7 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -355,8 +356,9 @@ def load(
     )
 
 
-def num_classes(splits: Splits) -> int:
-    """Classes of a dataset, as its labels show: one more than the largest."""
+def num_classes(splits: Iterable[Split]) -> int:
+    """Classes of a dataset, as the labels of its `splits` (a Splits, or any of its parts)
+    show: one more than the largest."""
     return int(max(s.labels.max(initial=0) for s in splits)) + 1
 
 
