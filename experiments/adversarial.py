@@ -12,7 +12,8 @@ noise to a person and are classified with near certainty. The attacks are
     python -m experiments.adversarial \\
         --targets=runs/ladder/shallow/seed=0,runs/ladder/conv2/seed=0,runs/main
 
-With no --targets it trains its own (the README's main job settings) in
+With no --targets it trains its own (the relu rung, 8 epochs of the quick recipe in
+`QUICK_RECIPE`) in
 WORKDIR/target, and with --train=none,fgsm,pgd beside it the same net trained on
 adversarial examples of itself (Goodfellow et al.'s FGSM mix; Madry et al.'s PGD
 training, see `lib.adversarial.training`) in WORKDIR/target-fgsm and target-pgd:
@@ -81,7 +82,7 @@ SETTINGS = (
     Setting(
         "train",
         ("none",),
-        "With no --targets, the nets trained here (the README's main job settings), one "
+        "With no --targets, the nets trained here (the relu rung's quick 8-epoch recipe), one "
         "per entry: none, trained on clean images; fgsm or pgd, trained adversarially "
         "(see experiments.mnist_convnet --adversarial_training).",
         OneOf(("none", *adversarial_training.METHODS)),
@@ -107,8 +108,9 @@ SETTINGS = (
 )
 common.define_setting_flags(SETTINGS)
 
-# The README's main job: the net trained when no target is given.
-MAIN_JOB = {"net": "relu", "max_shift": 1, "batch_size": 100, "optimizer": "nesterov",
+# The quick recipe (1-pixel shifts, batch 100, Nesterov, cosine decay; 8 epochs by
+# default) of the relu net trained when no target is given.
+QUICK_RECIPE = {"net": "relu", "max_shift": 1, "batch_size": 100, "optimizer": "nesterov",
             "learning_rate": 0.05, "l2": 0.02, "schedule": "cosine"}  # fmt: skip
 
 
@@ -317,10 +319,10 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
         for method in config["train"]:
             workdir = root / ("target" if method == "none" else f"target-{method}")
             trained = "" if method == "none" else f", trained on {method.upper()} images"
-            say(f"no --targets: the README's main job net{trained}, in {workdir}", flush=True)
+            say(f"no --targets: the quick recipe's relu net{trained}, in {workdir}", flush=True)
             summary = mnist_convnet.run(
                 {
-                    **MAIN_JOB,
+                    **QUICK_RECIPE,
                     "dataset": config["dataset"],
                     "epochs": config["target_epochs"],
                     "train_size": config["train_size"],

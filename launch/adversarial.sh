@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 WORKDIR=${WORKDIR:-runs/adversarial}
 STUDY=${STUDY:-training,rungs}
 EPOCHS=${EPOCHS:-8}
-# The README's main job recipe, for every rung (the ladder's own runs keep the book's).
+# The quick recipe (experiments.adversarial.QUICK_RECIPE), for every rung (the ladder's own runs keep the book's).
 RECIPE=(--max_shift=1 --batch_size=100 --optimizer=nesterov --learning_rate=0.05
   --l2=0.02 --schedule=cosine)
 
@@ -26,7 +26,7 @@ keep() {  # keep a study's small files under results/
 }
 
 if [[ ,$STUDY, == *,training,* ]]; then
-  # The main job's net trained plainly, on FGSM images, and on PGD images with 3 steps of
+  # The relu net trained plainly, on FGSM images, and on PGD images with 3 steps of
   # 2.5 eps / 3 (Madry et al. take 40 of 0.01), a CPU-sized run, its budget growing from
   # 0 over the first 2 epochs (from the full budget at once the book's small ReLU net
   # stays at chance); then the three attacked, Szegedy's search cut to 20 images.

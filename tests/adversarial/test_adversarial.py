@@ -247,8 +247,8 @@ def test_adversarial_training_lowers_the_error_under_attack(tmp_path):
 def test_the_experiment_trains_its_own_target_by_pgd(tmp_path, monkeypatch):
     from experiments import adversarial as experiment
 
-    # The main job's relu net, as the shallow one, so the attacks take seconds.
-    monkeypatch.setattr(experiment, "MAIN_JOB", {"net": "shallow", "batch_size": 50})
+    # The quick recipe's relu net, as the shallow one, so the attacks take seconds.
+    monkeypatch.setattr(experiment, "QUICK_RECIPE", {"net": "shallow", "batch_size": 50})
     summary = experiment.run(
         {"workdir": str(tmp_path), "train": ("pgd",), "train_size": 300,
          "target_epochs": 1, "adversarial_eps": 0.3, "adversarial_steps": 2, "eps": (0.3,),
