@@ -271,7 +271,9 @@ def _run(config: dict, root: Path, data, verbose: bool) -> dict:
     if not summary["finished"]:
         say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
         return summary
-    if model in REFERENCE and config["dataset"] == "mnist":  # the papers' numbers are MNIST's
+    # The papers' numbers are for MNIST and the preset's net (not a VAE's 2-d latent, say).
+    preset_net = tuple(config["layers"]) == tuple(MODELS[model]["layers"])
+    if model in REFERENCE and config["dataset"] == "mnist" and preset_net:
         summary["reference"], summary["reference_source"] = REFERENCE[model]
     # The loops' time over every session of the run, and this session's time outside them.
     session = time.perf_counter() - started - summary.pop("session_loop_time_s", 0.0)

@@ -93,6 +93,16 @@ def test_the_losses_gradients_match_finite_differences():
         directional_check(elbo, p)
 
 
+def test_the_papers_number_stands_beside_the_papers_net_only(tmp_path):
+    from experiments import autoencoders
+
+    config = {"model": "pca", "train_size": 200, "test_size": 100}
+    summary = autoencoders.run(config, str(tmp_path / "30"), verbose=False)
+    assert summary["reference"] == 13.87
+    summary = autoencoders.run({**config, "layers": (10,)}, str(tmp_path / "10"), verbose=False)
+    assert "reference" not in summary
+
+
 def test_pca_error_is_the_sum_of_the_discarded_variances():
     rng = np.random.default_rng(0)
     x = (
@@ -220,6 +230,7 @@ def test_every_kind_of_model_runs_and_draws(tmp_path, model, layers, pictures):
     assert math.isfinite(summary[reported]) and saved[reported] == summary[reported]
     for picture in pictures:
         assert (tmp_path / picture).stat().st_size > 3_000, picture
+    assert "reference" not in saved  # the papers' numbers are for their nets, not these
     if model == "dbn_classifier":
         assert [p.name for p in sorted((tmp_path / "pretrain").iterdir())] == ["rbm_0", "rbm_1"]
 
