@@ -12,6 +12,7 @@ and Kingma and Welling's variational autoencoder (2013; Flax's example reports a
 ELBO of about 104 nats per binarised test digit after 10 epochs).
 
     python -m experiments.autoencoders --model=pca            # 30 components: 13.87
+    python -m experiments.autoencoders --model=logistic_pca   # 30 components: 8.01
     python -m experiments.autoencoders --model=deep           # RBMs, then fine-tuning: 3.00
     python -m experiments.autoencoders --model=deep_random    # the same net from random weights
     python -m experiments.autoencoders --model=codes2d        # 2-D codes beside PCA's
@@ -48,7 +49,7 @@ from absl import app, flags
 from ml_collections import ConfigDict
 
 from experiments import common
-from lib.autoencoders import nets, pca, pictures
+from lib.autoencoders import logistic_pca, nets, pca, pictures
 from lib.autoencoders import train as train_lib
 from lib.core import config as config_lib
 from lib.core import data as data_lib
@@ -67,6 +68,8 @@ CLASSIFIERS = ("dbn_classifier", "random_classifier")
 _AE = {"epochs": 200, "batch_size": 100, "optimizer": "adam", "pretrain_epochs": 50}
 MODELS: dict[str, dict[str, Any]] = {
     "pca": {"layers": (30,)},
+    # Full-batch Adam: each step ("epoch") sees every image; the test codes get as many.
+    "logistic_pca": {"layers": (30,), "epochs": 500, "optimizer": "adam", "learning_rate": 0.02},
     "deep": {**_AE, "layers": nets.PAPER_AUTOENCODER, "learning_rate": 3e-4},
     "deep_random": {**_AE, "layers": nets.PAPER_AUTOENCODER, "learning_rate": 1e-3,
                     "pretrain_epochs": 0},
@@ -84,6 +87,7 @@ MODELS: dict[str, dict[str, Any]] = {
 # The number each model is compared with, and where it comes from.
 REFERENCE = {
     "pca": (13.87, "Hinton & Salakhutdinov 2006, PCA"),
+    "logistic_pca": (8.01, "Hinton & Salakhutdinov 2006, logistic PCA"),
     "deep": (3.00, "Hinton & Salakhutdinov 2006"),
     "vae": (104.0, "Flax's VAE example, 10 epochs"),
     "dbn_classifier": (0.012, "Hinton & Salakhutdinov 2006"),
@@ -107,7 +111,8 @@ SETTINGS = (
     Setting(
         "layers",
         (),
-        "Widths after the pixels (784 for MNIST), the last the code: the components (pca); "
+        "Widths after the pixels (784 for MNIST), the last the code: the components (pca, "
+        "logistic_pca); "
         "the hidden units (denoising); hidden, latent (vae); the hidden layers "
         "(classifiers). Default: the model's.",
         kind=int,
@@ -183,20 +188,27 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     )
     config.workdir = config.workdir or f"{where}/{config.model}"
     layers = tuple(config.layers)
-    want = {"pca": 1, "denoising": 1, "vae": 2}.get(config.model)
+    want = {"pca": 1, "logistic_pca": 1, "denoising": 1, "vae": 2}.get(config.model)
     if not layers or any(not 1 <= n <= MAX_WIDTH for n in layers):
         raise ConfigError(
             f"--layers={','.join(map(str, layers))} must be widths in [1, {MAX_WIDTH}]"
         )
     if want is not None and len(layers) != want:
-        shape = {"pca": "the components", "denoising": "the hidden units", "vae": "hidden,latent"}
+        shape = {
+            "pca": "the components",
+            "logistic_pca": "the components",
+            "denoising": "the hidden units",
+            "vae": "hidden,latent",
+        }
         raise ConfigError(
             f"--layers={','.join(map(str, layers))}: --model={config.model} takes "
             f"{want} width{'s' if want > 1 else ''} ({shape[config.model]})"
         )
-    if config.model == "pca":  # nothing trains
-        for name in ("epochs", "batch_size", "optimizer", "learning_rate", "pretrain_epochs"):
-            config[name] = MODELS["pca"].get(name)
+    if config.model in ("pca", "logistic_pca"):  # nothing trains, or full-batch Adam
+        for name in ("batch_size", "optimizer", "pretrain_epochs"):
+            config[name] = MODELS[config.model].get(name)
+        if config.model == "pca":
+            config.epochs = config.learning_rate = None
     return config
 
 
@@ -242,7 +254,7 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
         if config[name] is not None and config[name] > len(train):
             raise ConfigError(f"--{name}={config[name]} exceeds the {len(train):,} training images")
     pixels = int(np.prod(train.images.shape[1:]))
-    if config["model"] == "pca" and config["layers"][0] > pixels:
+    if config["model"] in ("pca", "logistic_pca") and config["layers"][0] > pixels:
         raise ConfigError(
             f"--layers={config['layers'][0]} must be at most {pixels} components, the pixels "
             f"of {config['dataset']}"
@@ -265,6 +277,8 @@ def _run(config: dict, root: Path, data, verbose: bool) -> dict:
     )
     if model == "pca":
         summary = _pca(config, root, train, test)
+    elif model == "logistic_pca":
+        summary = _logistic_pca(config, root, train, test, say)
     else:
         with GracefulStop() as stop:
             summary = _trained(config, root, train, test, validation, verbose, stop)
@@ -311,6 +325,50 @@ def _pca(config: dict, root: Path, train: data_lib.Split, test: data_lib.Split) 
 
 def _pca_reconstruction(fitted: pca.PCA, x: np.ndarray) -> np.ndarray:
     return np.clip(pca.decode(fitted, pca.encode(fitted, x)), 0, 1)
+
+
+def _logistic_pca(config: dict, root: Path, train: data_lib.Split, test: data_lib.Split, say):
+    """Minutes of full-batch Adam, so a stopped fit starts again rather than resumes."""
+    k, steps, rate = config["layers"][0], config["epochs"], config["learning_rate"]
+    say(f"  fitting {k} components and the training images' codes: {steps} steps", flush=True)
+    started = time.perf_counter()
+    model, codes, losses = logistic_pca.fit(_flat(train), k, steps, rate)
+    losses = np.asarray(losses)  # waits for the fit
+    fitted_s = time.perf_counter() - started
+    say(
+        f"  cross-entropy {losses[0]:.2f} -> {losses[-1]:.2f} per image, {fitted_s:.0f} s",
+        flush=True,
+    )
+    x = _flat(test)
+    test_codes = logistic_pca.encode(model, x, steps, rate)
+    writer = metrics.MetricsWriter(root)
+    writer.reset(
+        {"epoch": step + 1, "train_cross_entropy": float(losses[step])}
+        for step in range(0, steps, max(1, steps // 100))
+    )
+    writer.close()
+    fitted = pca.fit(_flat(train), k)
+    shown = x[:10]
+    pictures.digit_rows(
+        [
+            ("test", shown),
+            (f"logistic PCA {k}", np.asarray(logistic_pca.decode(model, test_codes[:10]))),
+            (f"PCA {k}", _pca_reconstruction(fitted, shown)),
+        ],
+        root / "reconstructions.png",
+        title=f"Logistic PCA, {k} components",
+        image_shape=test.images.shape[1:],
+    )
+    return {
+        "finished": True,
+        "model": "logistic_pca",
+        "components": k,
+        "test_squared_error": logistic_pca.squared_error(model, test_codes, x),
+        "train_squared_error": logistic_pca.squared_error(model, codes, _flat(train)),
+        "test_cross_entropy": float(logistic_pca.cross_entropy(model, test_codes, x)),
+        "pca_test_squared_error": pca.squared_error(fitted, x),
+        "fit_time_s": time.perf_counter() - started,
+    }
 
 
 def _pretrain(config, root, x, hiddens, verbose, stop):

@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKDIR=${WORKDIR:-runs/autoencoders}
-MODELS=${MODELS:-"pca deep deep_random codes2d denoising vae vae2d dbn_classifier random_classifier"}
+MODELS=${MODELS:-"pca logistic_pca deep deep_random codes2d denoising vae vae2d dbn_classifier random_classifier"}
 PYTHON=${PYTHON:-python}
 
 keep() {  # a finished run's small files, for the README's table

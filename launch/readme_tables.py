@@ -60,6 +60,7 @@ def _time(seconds: float) -> str:
 # What each autoencoder reports, and how: (summary key, format).
 REPORTED = {
     "pca": ("test_squared_error", "{:.2f}"),
+    "logistic_pca": ("test_squared_error", "{:.2f}"),
     "deep": ("test_squared_error", "{:.2f}"),
     "deep_random": ("test_squared_error", "{:.2f}"),
     "codes2d": ("test_squared_error", "{:.2f}"),

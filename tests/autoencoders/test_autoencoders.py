@@ -17,7 +17,7 @@ import optax
 import pytest
 from commands import ROOT, run_module
 
-from lib.autoencoders import nets, pca, rbm
+from lib.autoencoders import logistic_pca, nets, pca, rbm
 from lib.core import steps
 from lib.core.errors import ConfigError, UserError
 
@@ -121,6 +121,27 @@ def test_pca_error_is_the_sum_of_the_discarded_variances():
     assert pca.squared_error(pca.fit(x, 12), x) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_logistic_pca_recovers_low_rank_logits_that_pca_cannot():
+    # Pixels that are the probabilities of rank-3 logits: three logistic components fit
+    # them, held-out rows included; three linear ones cannot follow the sigmoid's bends.
+    rng = np.random.default_rng(0)
+    components = rng.normal(size=(3, 40)) * 1.5
+    truth = lambda n: 1 / (1 + np.exp(-(rng.normal(size=(n, 3)) @ components + 0.5)))
+    x, held_out = truth(400).astype(np.float32), truth(100).astype(np.float32)
+    model, codes, losses = logistic_pca.fit(x, 3, steps=400, learning_rate=0.05)
+    losses = np.asarray(losses)
+    assert losses[-1] < losses[0] and np.all(np.diff(losses[100:]) <= 1e-3), losses[::50]
+    ours = logistic_pca.squared_error(model, codes, x)
+    linear = pca.squared_error(pca.fit(x, 3), x)
+    assert ours < linear / 5, (ours, linear)
+    unseen = logistic_pca.squared_error(
+        model, logistic_pca.encode(model, held_out, 400, 0.05), held_out
+    )
+    assert unseen < linear / 5, (unseen, linear)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 40\], got 41"):
+        logistic_pca.fit(x, 41)
+
+
 def test_the_unrolled_autoencoder_is_the_papers_784_1000_500_250_30_net():
     sizes = (784, *nets.PAPER_AUTOENCODER)
     hiddens = ("binary", "binary", "binary", "linear")
@@ -211,6 +232,7 @@ def test_a_short_mnist_run_learns_what_independent_pixels_cannot(tmp_path):
     "model, layers, pictures",
     [
         ("pca", (2,), ("reconstructions.png",)),
+        ("logistic_pca", (2,), ("reconstructions.png",)),
         ("vae", (32, 2), ("samples.png", "manifold.png", "reconstructions.png")),
         ("dbn_classifier", (32, 16), ("rbm_filters.png",)),
     ],
@@ -225,7 +247,8 @@ def test_every_kind_of_model_runs_and_draws(tmp_path, model, layers, pictures):
     )  # fmt: skip
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["device"].endswith("x1") and saved["wall_time_s"] > 0
-    reported = {"pca": "test_squared_error", "vae": "test_negative_elbo",
+    reported = {"pca": "test_squared_error", "logistic_pca": "test_squared_error",
+                "vae": "test_negative_elbo",
                 "dbn_classifier": "test_error"}[model]  # fmt: skip
     assert math.isfinite(summary[reported]) and saved[reported] == summary[reported]
     for picture in pictures:
@@ -304,6 +327,7 @@ def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path):
     [
         ({"model": "vae", "layers": (500,)}, "--model=vae takes 2 widths"),
         ({"model": "pca", "layers": (800,)}, "at most 784 components"),
+        ({"model": "logistic_pca", "layers": (30, 2)}, "--model=logistic_pca takes 1 width"),
         ({"model": "deep", "layers": (10, 0)}, "must be widths in [1, 100000]"),
         ({"model": "deep", "train_size": 50, "batch_size": 100}, "--batch_size=100 exceeds"),
         ({"model": "deep", "learning_rate": -1.0}, "--learning_rate=-1.0 must be > 0"),
