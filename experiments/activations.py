@@ -151,6 +151,7 @@ SETTINGS = (
         Range(1, 10_000),
         int,
     ),
+    common.TEST_SIZE,
     Setting("batch_size", 10, "Mini-batch size; the book's is 10.", AT_LEAST_1),
     Setting(
         "thresholds",
@@ -331,8 +332,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
     """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
     splits = data_lib.load(config["dataset"], config["train_size"], order="tfds")
-    if config["validation_size"]:
-        splits = splits._replace(validation=splits.validation.take(config["validation_size"]))
+    splits = common.scored_subsets(splits, config)
     write_json(root / "config.json", config)
     started = time.perf_counter()
     results: dict[str, studies.VariantResult] = {}
@@ -393,6 +393,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
         "net": NET,
         "train_size": len(splits.train),
         "validation_size": len(splits.validation),
+        "test_size": len(splits.test),
         "epochs": config["epochs"],
         "seeds": list(range(config["seed"], config["seed"] + config["seeds"])),
         "thresholds": config["thresholds"],

@@ -63,6 +63,33 @@ DATASET = Setting(
 )
 
 
+# Quick runs score fewer images: the first N of the validation and test sets.
+VALIDATION_SIZE = Setting(
+    "validation_size",
+    None,
+    "Validate on the first N validation images (quick runs); default: all of them.",
+    AT_LEAST_1,
+    int,
+)
+TEST_SIZE = Setting(
+    "test_size",
+    None,
+    "Score the first N test images (quick runs); default: all of them.",
+    AT_LEAST_1,
+    int,
+)
+
+
+def scored_subsets(splits, config: Mapping):
+    """`splits` (lib.core.data.Splits) with the validation and test sets cut to the first
+    config["validation_size"] and config["test_size"] images, where the config sets them."""
+    if config.get("validation_size"):
+        splits = splits._replace(validation=splits.validation.take(config["validation_size"]))
+    if config.get("test_size"):
+        splits = splits._replace(test=splits.test.take(config["test_size"]))
+    return splits
+
+
 def training_images(config: Mapping, sizes: Iterable[str] = ("train_size",)) -> int | None:
     """The training images of config["dataset"] (None when it is not prepared here yet,
     for loading it to say how), after a ConfigError if a setting in `sizes` (a number or

@@ -143,6 +143,7 @@ SETTINGS = (
         Range(1, 10_000),
         int,
     ),
+    common.TEST_SIZE,
     Setting(
         "seeds",
         None,
@@ -376,8 +377,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
     """The study of `run`, in the workdir it holds."""
     say = print if verbose else (lambda *a, **k: None)
     full = data_lib.load(config["dataset"], max(config["train_sizes"]), order="tfds")
-    if config["validation_size"]:
-        full = full._replace(validation=full.validation.take(config["validation_size"]))
+    full = common.scored_subsets(full, config)
     write_json(root / "config.json", config)
     model = nets.create(config["net"], num_classes=data_lib.num_classes(full))
     started = time.perf_counter()
@@ -452,6 +452,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
         "epochs": config["epochs"],
         "min_steps": config["min_steps"],
         "validation_size": len(full.validation),
+        "test_size": len(full.test),
         "seeds": list(range(config["seed"], config["seed"] + config["seeds"])),
         "device": ", ".join(devices),
         "wall_time_s": time.perf_counter() - started,  # this invocation's

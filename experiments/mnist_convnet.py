@@ -110,6 +110,8 @@ SETTINGS = (
     Setting(
         "train_size", None, "Keep only the first N training images (quick runs).", AT_LEAST_1, int
     ),
+    common.VALIDATION_SIZE,
+    common.TEST_SIZE,
     Setting(
         "split",
         "book",
@@ -279,6 +281,7 @@ def _train(
     """The run of `run`, in the workdir it holds."""
     rung = nets.RUNGS[config["net"]]
     splits = data_lib.load(config["dataset"], config["train_size"], order=config["split"])
+    splits = common.scored_subsets(splits, config)
     model = model.clone(num_classes=data_lib.num_classes(splits))
     # The book's numbers are MNIST's.
     book_accuracy = rung.book_accuracy if config["dataset"] == "mnist" else None

@@ -1,7 +1,7 @@
 """Trains rungs of the ladder for a few hundred steps and saves their parameters, so a
 test can compare the CPU paths of `lib.core.xla_cpu`, each of which a process fixes at start.
 
-    python tests/cpu_path_worker.py OUT.npz conv2,relu,dropout STEPS
+    python tests/cpu_path_worker.py OUT.npz conv2,relu,dropout STEPS [SNAPSHOT,...]
 """
 
 import sys
@@ -10,12 +10,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def train_params(rung: str, steps: int, nudge: bool = False, **net) -> dict:
+def train_params(
+    rung: str, steps: int, nudge: bool = False, snapshots: tuple[int, ...] = (), **net
+) -> dict:
     """The parameters of `rung` after `steps` of the book's training (batch 10, plain SGD,
     its lambda and dropout, the expanded set where the rung has it) on 2,000 images,
     keyed by their path; `net` overrides fields of the rung's BookNet; "init/..." keys
-    hold the parameters before training. `nudge` moves every initial weight by one unit
-    in the last place, to measure how far float32 rounding alone carries a run."""
+    hold the parameters before training and "at<s>/..." those after step s of
+    `snapshots` (the run goes on unchanged: a step's randomness follows its number).
+    `nudge` moves every initial weight by one unit in the last place, to measure how far
+    float32 rounding alone carries a run."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -39,21 +43,26 @@ def train_params(rung: str, steps: int, nudge: bool = False, **net) -> dict:
     if nudge:
         nudged = jax.tree.map(lambda w: np.nextafter(w, np.float32(np.inf)), state.params)
         state = state._replace(params=jax.tree.map(jnp.asarray, nudged))
-    initial = jax.device_get(state.params)
-    state, _ = runner(state, batch, idx, step_key)
+    kept = {"init/": jax.device_get(state.params)}
+    done = 0
+    for end in sorted({*snapshots, steps}):
+        state, _ = runner(state, batch, idx[done:end], step_key)
+        kept["" if end == steps else f"at{end}/"] = jax.device_get(state.params)
+        done = end
     out = {}
-    for prefix, params in (("", jax.device_get(state.params)), ("init/", initial)):
+    for prefix, params in kept.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
             out[prefix + jax.tree_util.keystr(path)] = np.asarray(leaf)
     return out
 
 
-def main(out: str, rungs: str, steps: str) -> None:
+def main(out: str, rungs: str, steps: str, snapshots: str = "") -> None:
     import numpy as np
 
     arrays = {}
+    at = tuple(int(s) for s in snapshots.split(",") if s)
     for rung in rungs.split(","):
-        for name, value in train_params(rung, int(steps)).items():
+        for name, value in train_params(rung, int(steps), snapshots=at).items():
             arrays[f"{rung}{name}"] = value
     np.savez(out, **arrays)
 

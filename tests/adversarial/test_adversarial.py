@@ -130,6 +130,8 @@ def two_targets(tmp_path_factory):
             "experiments.mnist_convnet",
             "--net=shallow",
             "--train_size=2000",
+            "--validation_size=1000",
+            "--test_size=1000",
             "--epochs=1",
             f"--seed={seed}",
             f"--workdir={root / str(seed)}",

@@ -15,7 +15,8 @@ from lib.core import config as config_lib
 from lib.core import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--train_size=200", "--batch_size=20", "--num_devices=1"]
+TINY = ["--train_size=200", "--batch_size=20", "--num_devices=1", "--validation_size=500",
+        "--test_size=500"]  # fmt: skip
 TIMING = ("epoch_time_s", "examples_per_s")
 HOLD = (  # holds the workdir argv[1] until killed
     "import sys, time\n"

@@ -14,7 +14,13 @@ from commands import result, run_module
 from lib.core.checkpoint import Checkpointer
 from lib.core.errors import UserError
 
-TINY = ["--net=shallow", "--train_size=200", "--num_devices=1"]  # 20 steps per epoch
+TINY = [
+    "--net=shallow",
+    "--train_size=200",
+    "--num_devices=1",
+    "--validation_size=500",
+    "--test_size=500",
+]  # 20 steps per epoch
 
 
 def _state(seed: int) -> dict:

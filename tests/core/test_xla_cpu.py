@@ -72,31 +72,33 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
     """
     assert xla_cpu.path() == "fast" and layers.resolve_pool("auto") == "mask"
     assert layers.resolve_conv("auto") == "patches"
-    cases = {"conv2": 300, "relu": 40, "dropout": 40}
-    out = tmp_path / "reference"
+    out = tmp_path / "reference.npz"
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f]
     env = {**os.environ, xla_cpu.ENV: "reference", "XLA_FLAGS": " ".join(flags)}
     worker = str(ROOT / "tests" / "cpu_path_worker.py")
-    for steps, rungs in ((300, "conv2,relu,dropout"), (40, "relu,dropout")):
-        done = subprocess.run(
-            [sys.executable, worker, f"{out}{steps}.npz", rungs, str(steps)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-    for rung, steps in cases.items():
-        reference = np.load(f"{out}{steps}.npz")
-        for name, value in train_params(rung, steps).items():
+    done = subprocess.run(
+        [sys.executable, worker, str(out), "conv2,relu,dropout", "300", "40"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = np.load(out)
+    fast = {rung: train_params(rung, 300, snapshots=(40,)) for rung in ("conv2", "relu", "dropout")}
+
+    def kept(params: dict, prefix: str = "") -> dict:  # final parameters: paths start "["
+        return {n[len(prefix) :]: v for n, v in params.items() if n.startswith(prefix + "[")}
+
+    for rung, prefix in (("conv2", ""), ("relu", "at40/"), ("dropout", "at40/")):
+        assert len(kept(fast[rung], prefix)) >= 4, list(fast[rung])
+        for name, value in kept(fast[rung], prefix).items():
             np.testing.assert_allclose(
-                value, reference[rung + name], rtol=2e-4, atol=2e-5, err_msg=rung + name
+                value, reference[rung + prefix + name], rtol=2e-4, atol=2e-5, err_msg=rung + name
             )
-    reference = np.load(f"{out}300.npz")
     for rung in ("relu", "dropout"):
-        fast = train_params(rung, 300)
-        names = [n for n in fast if not n.startswith("init/")]
-        moved = np.sqrt(sum(np.sum((fast[n] - fast["init/" + n]) ** 2) for n in names))
-        apart = np.sqrt(sum(np.sum((fast[n] - reference[rung + n]) ** 2) for n in names))
+        final, names = kept(fast[rung]), list(kept(fast[rung]))
+        moved = np.sqrt(sum(np.sum((final[n] - fast[rung]["init/" + n]) ** 2) for n in names))
+        apart = np.sqrt(sum(np.sum((final[n] - reference[rung + n]) ** 2) for n in names))
         nudged = train_params(rung, 300, nudge=True)
-        rounding = np.sqrt(sum(np.sum((fast[n] - nudged[n]) ** 2) for n in names))
+        rounding = np.sqrt(sum(np.sum((final[n] - nudged[n]) ** 2) for n in names))
         assert moved > 1.0, f"{rung} hardly trained"
         assert 0 < rounding < moved
         assert apart < 3 * rounding, f"{rung}: paths {apart:.3g} apart, rounding {rounding:.3g}"

@@ -113,7 +113,8 @@ def test_short_runs_train_as_before_settings_were_declared(tmp_path):
     seen = set()
     for net in ("conv2", "dropout"):
         workdir = tmp_path / net
-        config = {"net": net, "train_size": 300, "epochs": 1, "seed": 0}
+        config = {"net": net, "train_size": 300, "epochs": 1, "seed": 0, "validation_size": 100,
+                  "test_size": 100}  # fmt: skip
         mnist_convnet.run(config, str(workdir), verbose=False)
         params = Target(workdir).params
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):

@@ -17,7 +17,8 @@ from lib.core import parallel
 from lib.nielsen import nets, train
 
 ROOT = Path(__file__).resolve().parents[2]
-QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1"]
+QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1",
+         "--validation_size=1000", "--test_size=1000"]  # fmt: skip
 
 
 def cli(*args, env=None, timeout=300):
@@ -196,7 +197,8 @@ def test_majority_vote():
 
 
 def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path):
-    args = ["--net=relu", "--train_size=200", "--num_devices=1", f"--workdir={tmp_path}"]
+    args = ["--net=relu", "--train_size=200", "--num_devices=1", "--validation_size=500",
+            "--test_size=500", f"--workdir={tmp_path}"]  # fmt: skip
     first = cli(*args, "--epochs=1")
     assert first.returncode == 0, first.stderr
     steps_before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
