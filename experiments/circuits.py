@@ -247,22 +247,31 @@ def check_target(name: str, key: jax.Array, batch: int) -> tuple[Callable[[Any],
 
     model = mnist.create(name)
     x = jnp.asarray(images, jnp.float64)
-    variables = model.init(key, x, train=False)
+    variables = jax.jit(functools.partial(model.init, train=False))(key, x)
     params = variables["params"]
     others = {k: v for k, v in variables.items() if k != "params"}
     # The book's Softmax layer starts at zero weights, where every image gets the same
     # logits and many gradients vanish; a random point tests the chain rule everywhere.
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, 2), len(leaves))
-    noise = [
-        0.1 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)
-    ]
-    params = jax.tree.unflatten(treedef, [p + n for p, n in zip(leaves, noise, strict=True)])
+    params = _moved(jax.random.fold_in(key, 2), params)
 
     def loss(p):
         return _cross_entropy(model.apply({"params": p, **others}, x, train=False), labels)
 
     return loss, params
+
+
+@jax.jit
+def _moved(key: jax.Array, params: Any) -> Any:
+    """Each parameter moved by Gaussian noise of scale 0.1 (one program for the tree)."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [
+            p + 0.1 * jax.random.normal(k, p.shape, p.dtype)
+            for p, k in zip(leaves, keys, strict=True)
+        ],
+    )
 
 
 def check_model(name: str, seed: int, batch: int, coords: int, h: float) -> dict:
