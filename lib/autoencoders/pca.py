@@ -24,7 +24,12 @@ def fit(x: np.ndarray, k: int) -> PCA:
         raise ValueError(f"k must be in [1, {x.shape[1]}], got {k}")
     mean = x.mean(axis=0)
     centred = x - mean
-    covariance = centred.T @ centred / len(x)
+    n, d = x.shape
+    if k <= n < d:  # fewer images than pixels: the thin SVD of the data, not a d x d eigh
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+        variances = np.concatenate([singular**2 / n, np.zeros(d - len(singular))])
+        return PCA(mean, vt[:k].copy(), variances)
+    covariance = centred.T @ centred / n
     variances, vectors = np.linalg.eigh(covariance)
     order = np.argsort(variances)[::-1]
     variances, vectors = np.clip(variances[order], 0.0, None), vectors[:, order]

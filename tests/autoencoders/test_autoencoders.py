@@ -119,6 +119,15 @@ def test_pca_error_is_the_sum_of_the_discarded_variances():
         fitted.components.T @ fitted.components, vt[:4].T @ vt[:4], atol=1e-9
     )
     assert pca.squared_error(pca.fit(x, 12), x) == pytest.approx(0.0, abs=1e-9)
+    # Fewer rows than columns (the SVD's branch): the covariance's eigenvalues and subspace.
+    wide = rng.normal(size=(20, 50)) * np.linspace(2, 0.1, 50)
+    fitted = pca.fit(wide, 5)
+    centred = wide - wide.mean(0)
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / 20)
+    np.testing.assert_allclose(fitted.variances, np.clip(eigenvalues[::-1], 0, None), atol=1e-9)
+    top = vectors[:, ::-1][:, :5]
+    np.testing.assert_allclose(fitted.components.T @ fitted.components, top @ top.T, atol=1e-9)
+    assert pca.squared_error(fitted, wide) == pytest.approx(fitted.variances[5:].sum(), rel=1e-9)
 
 
 def test_logistic_pca_recovers_low_rank_logits_that_pca_cannot():
