@@ -14,6 +14,7 @@ import pytest
 from commands import ROOT, run_module
 
 from lib.adversarial import attacks as adversarial
+from lib.core.errors import UserError
 
 
 def linear(params, x):
@@ -124,26 +125,24 @@ def test_a_target_label_out_of_range_is_refused(softmax_regression, label):
 @pytest.fixture(scope="module")
 def two_targets(tmp_path_factory):
     """Two finished shallow runs (seeds 0 and 1) on 2,000 images, one epoch each."""
+    from experiments import mnist_convnet
+
     root = tmp_path_factory.mktemp("targets")
     for seed in (0, 1):
-        done = run_module(
-            "experiments.mnist_convnet",
-            "--net=shallow",
-            "--train_size=2000",
-            "--validation_size=1000",
-            "--test_size=1000",
-            "--epochs=1",
-            f"--seed={seed}",
-            f"--workdir={root / str(seed)}",
-        )
-        assert done.returncode == 0, done.stderr
+        mnist_convnet.run(
+            {"net": "shallow", "train_size": 2000, "validation_size": 1000, "test_size": 1000,
+             "epochs": 1, "seed": seed},
+            str(root / str(seed)), verbose=False,
+        )  # fmt: skip
     return [root / "0", root / "1"]
 
 
 SMALL = ["--test_size=60", "--distortion_size=4", "--pgd_steps=3", "--lbfgs_iterations=5"]
 
 
-def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(two_targets, tmp_path):
+def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(
+    two_targets, tmp_path, capsys
+):
     """Killed (SIGKILL) once the first target is done, the study goes on from the second
     on a rerun (the killed process's lock does not block it); rerun once finished, it
     redoes nothing; with another budget, it refuses the workdir."""
@@ -174,11 +173,16 @@ def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(two_targ
     for picture in ("examples.png", "fooling.png", "error_vs_eps.png"):
         assert (tmp_path / picture).stat().st_size > 5_000
     assert "Transfer" in (tmp_path / "table.md").read_text()
-    again = run_module("experiments.adversarial", *args, "--eps=0.1,0.3")
-    assert again.returncode == 0 and again.stdout.count("done before") == 2
-    other = run_module("experiments.adversarial", *args, "--eps=0.2")
-    assert other.returncode == 1 and "Traceback" not in other.stderr
-    assert len(other.stderr.strip().splitlines()) == 1 and "eps" in other.stderr
+    # The same study again, in this process: nothing redone; another budget is refused.
+    from experiments import adversarial as experiment
+
+    small = {"test_size": 60, "distortion_size": 4, "pgd_steps": 3, "lbfgs_iterations": 5,
+             "targets": [str(t) for t in two_targets], "workdir": str(tmp_path)}  # fmt: skip
+    capsys.readouterr()
+    experiment.run({**small, "eps": [0.1, 0.3]})
+    assert capsys.readouterr().out.count("done before") == 2
+    with pytest.raises(UserError, match="eps"):
+        experiment.run({**small, "eps": [0.2]}, verbose=False)
 
 
 @pytest.mark.parametrize(
