@@ -204,11 +204,13 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
             f"--layers={','.join(map(str, layers))}: --model={config.model} takes "
             f"{want} width{'s' if want > 1 else ''} ({shape[config.model]})"
         )
-    if config.model in ("pca", "logistic_pca"):  # nothing trains, or full-batch Adam
-        for name in ("batch_size", "optimizer", "pretrain_epochs"):
-            config[name] = MODELS[config.model].get(name)
-        if config.model == "pca":
-            config.epochs = config.learning_rate = None
+    # PCA trains nothing; logistic PCA is full-batch Adam (its epochs are its steps).
+    fixed = {
+        "pca": ("epochs", "batch_size", "optimizer", "learning_rate", "pretrain_epochs"),
+        "logistic_pca": ("batch_size", "optimizer", "pretrain_epochs"),
+    }.get(config.model, ())
+    for name in fixed:
+        config[name] = MODELS[config.model].get(name)
     return config
 
 
@@ -304,23 +306,29 @@ def _run(config: dict, root: Path, data, verbose: bool) -> dict:
 
 
 def _pca(config: dict, root: Path, train: data_lib.Split, test: data_lib.Split) -> dict:
-    k = config["layers"][0]
-    fitted = pca.fit(_flat(train), k)
-    x = _flat(test)
-    shown = x[:10]
-    pictures.digit_rows(
-        [("test", shown), (f"PCA {k}", _pca_reconstruction(fitted, shown))],
-        root / "reconstructions.png",
-        title=f"PCA, {k} components",
-        image_shape=test.images.shape[1:],
-    )
+    k, x_train, x = config["layers"][0], _flat(train), _flat(test)
+    fitted = pca.fit(x_train, k)
+    _draw_beside_pca(root, f"PCA, {k} components", test, fitted, [])
     return {
         "finished": True,
         "model": "pca",
         "components": k,
         "test_squared_error": pca.squared_error(fitted, x),
-        "train_squared_error": pca.squared_error(fitted, _flat(train)),
+        "train_squared_error": pca.squared_error(fitted, x_train),
     }
+
+
+def _draw_beside_pca(root: Path, title: str, test: data_lib.Split, fitted: pca.PCA, rows):
+    """reconstructions.png: ten test images, the given (name, reconstructions) rows of
+    them, and PCA's."""
+    shown = _flat(test)[:10]
+    k = len(fitted.components)
+    pictures.digit_rows(
+        [("test", shown), *rows, (f"PCA {k}", _pca_reconstruction(fitted, shown))],
+        root / "reconstructions.png",
+        title=title,
+        image_shape=test.images.shape[1:],
+    )
 
 
 def _pca_reconstruction(fitted: pca.PCA, x: np.ndarray) -> np.ndarray:
@@ -332,7 +340,8 @@ def _logistic_pca(config: dict, root: Path, train: data_lib.Split, test: data_li
     k, steps, rate = config["layers"][0], config["epochs"], config["learning_rate"]
     say(f"  fitting {k} components and the training images' codes: {steps} steps", flush=True)
     started = time.perf_counter()
-    model, codes, losses = logistic_pca.fit(_flat(train), k, steps, rate)
+    x_train = _flat(train)
+    model, codes, losses = logistic_pca.fit(x_train, k, steps, rate)
     losses = np.asarray(losses)  # waits for the fit
     fitted_s = time.perf_counter() - started
     say(
@@ -347,24 +356,17 @@ def _logistic_pca(config: dict, root: Path, train: data_lib.Split, test: data_li
         for step in range(0, steps, max(1, steps // 100))
     )
     writer.close()
-    fitted = pca.fit(_flat(train), k)
-    shown = x[:10]
-    pictures.digit_rows(
-        [
-            ("test", shown),
-            (f"logistic PCA {k}", np.asarray(logistic_pca.decode(model, test_codes[:10]))),
-            (f"PCA {k}", _pca_reconstruction(fitted, shown)),
-        ],
-        root / "reconstructions.png",
-        title=f"Logistic PCA, {k} components",
-        image_shape=test.images.shape[1:],
+    fitted = pca.fit(x_train, k)
+    ours = np.asarray(logistic_pca.decode(model, test_codes[:10]))
+    _draw_beside_pca(
+        root, f"Logistic PCA, {k} components", test, fitted, [(f"logistic PCA {k}", ours)]
     )
     return {
         "finished": True,
         "model": "logistic_pca",
         "components": k,
         "test_squared_error": logistic_pca.squared_error(model, test_codes, x),
-        "train_squared_error": logistic_pca.squared_error(model, codes, _flat(train)),
+        "train_squared_error": logistic_pca.squared_error(model, codes, x_train),
         "test_cross_entropy": float(logistic_pca.cross_entropy(model, test_codes, x)),
         "pca_test_squared_error": pca.squared_error(fitted, x),
         "fit_time_s": time.perf_counter() - started,
@@ -544,9 +546,7 @@ def _pictures(config, root, net, params, stack, test, train_x, shape) -> None:
                                 "first-layer filters", signed=True, image_shape=shape)  # fmt: skip
         rows.append(("autoencoder", np.asarray(jax.nn.sigmoid(bound(shown)))))
         fitted = pca.fit(train_x, layers[-1])
-        rows.append(
-            (f"PCA {layers[-1]}", np.clip(pca.decode(fitted, pca.encode(fitted, xs[:10])), 0, 1))
-        )
+        rows.append((f"PCA {layers[-1]}", _pca_reconstruction(fitted, xs[:10])))
         widths = "-".join(map(str, [train_x.shape[1], *layers]))
         pictures.digit_rows(rows, root / "reconstructions.png", f"{model}: {widths}", shape)
     if model in AUTOENCODERS and layers[-1] == 2:
