@@ -2,8 +2,6 @@
 against the closed form of a linear model, and fooling images reaching their confidence."""
 
 import json
-import subprocess
-import sys
 import time
 
 import jax
@@ -11,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from commands import ROOT, run_module
+from commands import ROOT, run_module, start_module
 
 from lib.adversarial import attacks as adversarial
 from lib.core.errors import UserError
@@ -147,10 +145,7 @@ def test_the_experiment_attacks_finished_runs_and_resumes_after_sigkill(
     on a rerun (the killed process's lock does not block it); rerun once finished, it
     redoes nothing; with another budget, it refuses the workdir."""
     args = [f"--targets={','.join(map(str, two_targets))}", f"--workdir={tmp_path}", *SMALL]
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "experiments.adversarial", *args, "--eps=0.1,0.3"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    killed = start_module("experiments.adversarial", *args, "--eps=0.1,0.3")
     deadline = time.monotonic() + 300
     while not (tmp_path / "targets" / "0.json").exists() and killed.poll() is None:
         assert time.monotonic() < deadline, "the first target took too long"

@@ -5,8 +5,6 @@ and refuses bad flags in one line."""
 
 import json
 import math
-import subprocess
-import sys
 import time
 from itertools import pairwise
 
@@ -15,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from commands import ROOT, run_module
+from commands import run_module, start_module
 
 from lib.autoencoders import logistic_pca, nets, pca, rbm
 from lib.core import steps
@@ -294,10 +292,7 @@ def test_a_run_killed_during_pretraining_resumes_to_the_uninterrupted_result(tmp
 
     autoencoders.run(TINY, str(tmp_path / "whole"), verbose=False)
     split = tmp_path / "split"
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "experiments.autoencoders", *TINY_FLAGS, f"--workdir={split}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    killed = start_module("experiments.autoencoders", *TINY_FLAGS, f"--workdir={split}")
     second = split / "pretrain" / "rbm_1" / "checkpoints"
     deadline = time.monotonic() + 120
     while killed.poll() is None and not (

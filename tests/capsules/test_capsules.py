@@ -4,8 +4,6 @@ tiny CapsNet that learns, and the experiment's resume and errors."""
 
 import itertools
 import json
-import subprocess
-import sys
 import time
 
 import jax
@@ -14,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from commands import ROOT, run_module
+from commands import run_module, start_module
 
 from lib.capsules import layers, nets
 from lib.capsules import train as train_lib
@@ -220,10 +218,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
     whole, split = tmp_path / "whole", tmp_path / "split"
     capsules.run(QUICK, str(whole), verbose=False)
-    killed = subprocess.Popen(
-        [sys.executable, "-m", "experiments.capsules", *QUICK_FLAGS, f"--workdir={split}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    killed = start_module("experiments.capsules", *QUICK_FLAGS, f"--workdir={split}")
     deadline = time.monotonic() + 120
     metrics_file = split / "metrics.jsonl"
     while not (metrics_file.exists() and metrics_file.read_text().strip()):

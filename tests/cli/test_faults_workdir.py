@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import run_module
+from commands import run_module, start_module
 
 from lib.core import config as config_lib
 from lib.core import metrics
@@ -62,16 +62,9 @@ def epochs(workdir: Path) -> list[dict]:
 def finished(tmp_path_factory):
     """Finished runs of the ReLU rung on 200 images, one and two epochs (side by side)."""
     workdirs = {n: tmp_path_factory.mktemp(f"epochs{n}") for n in (1, 2)}
-    command = [sys.executable, "-m", "experiments.mnist_convnet", *TINY]
     runs = {
-        n: subprocess.Popen(
-            [*command, f"--epochs={n}", f"--workdir={workdir}"],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n, workdir in workdirs.items()
+        n: start_module("experiments.mnist_convnet", *TINY, f"--epochs={n}", f"--workdir={w}")
+        for n, w in workdirs.items()
     }
     for run in runs.values():
         _, stderr = run.communicate(timeout=180)

@@ -2,8 +2,6 @@
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from commands import result, run_module
+from commands import result, run_module, start_module
 
 from lib.core import parallel
 from lib.nielsen import nets, train
@@ -56,8 +54,7 @@ def _wait_for(predicate, process, timeout=240):
 
 
 def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path):
-    command = [sys.executable, "-m", "experiments.mnist_convnet", *QUICK, f"--workdir={tmp_path}"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = start_module("experiments.mnist_convnet", *QUICK, f"--workdir={tmp_path}")
     ckpts = tmp_path / "checkpoints"
     saved = _wait_for(
         lambda: ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()), process
@@ -73,12 +70,10 @@ def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path):
 
 
 def test_sigterm_saves_mid_epoch_and_resumes(uninterrupted, tmp_path):
-    command = [sys.executable, "-m", "experiments.mnist_convnet", *QUICK, f"--workdir={tmp_path}"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    line = process.stdout.readline()  # printed once training is about to start
-    assert "start" in line, line + process.stderr.read()
+    process = start_module("experiments.mnist_convnet", *QUICK, f"--workdir={tmp_path}")
+    # The first line is printed once training is about to start.
+    started = _wait_for(lambda: process.output()[0].endswith("\n"), process, timeout=240)
+    assert started and "start" in process.output()[0], process.output()
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=240)
     assert process.returncode == 3, err
