@@ -2,25 +2,20 @@
 through the Grain pipeline, resume after SIGKILL, clear errors."""
 
 import itertools
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from commands import imagenet_result, run_module
+from commands import imagenet_result, run_module, start_module
 
 from lib.core import parallel
 from lib.imagenet import train as it
 from lib.imagenet.nets import registry
 from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
-ROOT = Path(__file__).resolve().parents[2]
 # resnet_tiny on 2,048 MNIST images at 32x32: 64 steps per epoch, about 20 s on two cores.
 SMOKE = ["--model=resnet_tiny", "--dataset=mnist", "--train_split=train[:2048]",
          "--eval_split=test[:500]", "--image_size=32", "--batch_size=32", "--steps=120",
@@ -28,21 +23,16 @@ SMOKE = ["--model=resnet_tiny", "--dataset=mnist", "--train_split=train[:2048]",
          "--workers=0", "--num_devices=1"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """One persistent XLA cache for the module's runs: later runs load the compiled steps."""
-    return str(tmp_path_factory.mktemp("xla_cache"))
-
-
-def cli(*args, cache=None, timeout=300):
-    env = {"JAX_COMPILATION_CACHE_DIR": cache} if cache else None
-    return run_module("experiments.imagenet_nets", *args, env=env, timeout=timeout)
+def cli(*args, timeout=300):
+    return run_module("experiments.imagenet_nets", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, compile_cache):
+def uninterrupted(tmp_path_factory):
+    """The run never stopped; the session's compilation cache (conftest) hands its
+    compiled steps to the later runs."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    done = cli(*SMOKE, f"--workdir={workdir}", cache=compile_cache)
+    done = cli(*SMOKE, f"--workdir={workdir}")
     assert done.returncode == 0, done.stderr
     return workdir
 
@@ -187,12 +177,8 @@ def test_short_run_on_mnist_through_grain_learns(uninterrupted):
     assert list((uninterrupted / "tensorboard").iterdir())
 
 
-def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path, compile_cache):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compile_cache}
-    command = [sys.executable, "-m", "experiments.imagenet_nets", *SMOKE, f"--workdir={tmp_path}"]
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path):
+    process = start_module("experiments.imagenet_nets", *SMOKE, f"--workdir={tmp_path}")
     checkpoints = tmp_path / "checkpoints"
     deadline, saved = time.time() + 240, False
     while time.time() < deadline and process.poll() is None and not saved:
@@ -203,7 +189,7 @@ def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path, com
     assert saved, "the run ended before its first checkpoint"
     assert not (tmp_path / "summary.json").exists()
 
-    again = cli(*SMOKE, f"--workdir={tmp_path}", cache=compile_cache)
+    again = cli(*SMOKE, f"--workdir={tmp_path}")
     assert again.returncode == 0, again.stderr
     assert "resuming at step 40" in again.stdout
     assert imagenet_result(tmp_path) == imagenet_result(uninterrupted)

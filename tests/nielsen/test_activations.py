@@ -45,7 +45,8 @@ def test_vmapped_seeds_match_each_seed_alone(mnist_small, tmp_path, layout):
 
 
 def test_quick_setting_writes_the_study(tmp_path):
-    config = {"preset": "quick", "train_size": 500, "epochs": 1, "seeds": 2, "test_size": 1000,
+    config = {"preset": "quick", "train_size": 500, "epochs": 1, "seeds": 2, "test_size": 500,
+              "validation_size": 500,
               "variants": ["tanh", "sigmoid_x4"], "num_devices": 1}  # fmt: skip
     summary = activations.run(config, workdir=str(tmp_path), verbose=False)
     for name in ("config.json", "summary.json", "metrics.jsonl", "table.md",

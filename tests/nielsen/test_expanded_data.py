@@ -73,7 +73,7 @@ def test_bad_settings_in_process_are_config_errors():
 def test_quick_setting_writes_the_study(tmp_path):
     config = {"preset": "quick", "train_sizes": [300], "epochs": 1, "min_steps": 0,
               "expansions": ["none", "elastic+fixed"], "num_devices": 1,
-              "test_size": 1000}  # fmt: skip
+              "validation_size": 500, "test_size": 500}  # fmt: skip
     summary = expanded_data.run(config, workdir=str(tmp_path), verbose=False)
     for name in ("config.json", "summary.json", "metrics.jsonl", "table.md", "more_data.png",
                  "fixed+elastic/n300/summary.json"):  # fmt: skip
