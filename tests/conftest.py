@@ -23,12 +23,13 @@ elif "TFDS_DATA_DIR" in os.environ:  # subprocesses may run elsewhere: make it a
 
 # One compilation cache for the session, in this process and in every command a test
 # runs: a program that several tests build (a rung at a test's sizes) compiles once, not
-# once per process. The cache gives back the same executable, so no result changes.
+# once per process, the small ones too (each command compiles dozens of them, a second
+# of its time). The cache gives back the same executable, so no result changes.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="classic-nets-tests-jax-cache-")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
