@@ -3,6 +3,7 @@ differences, PCA's error is its discarded variance, the unrolled net has the pap
 the VAE's bound falls, a short MNIST run beats PCA, and the command resumes after SIGKILL
 and refuses bad flags in one line."""
 
+import functools
 import json
 import math
 import time
@@ -184,9 +185,15 @@ def test_the_unrolled_autoencoder_is_the_papers_784_1000_500_250_30_net():
     down = down_pass(code)
     logits = jax.jit(net.apply)({"params": params}, x)
     np.testing.assert_allclose(jax.nn.sigmoid(logits), down, rtol=1e-4, atol=1e-5)
+    # Fine-tuning unties them: the first encoder layer and the last decoder layer start
+    # as one matrix (transposed) and are then moved by gradients of their own.
+    np.testing.assert_array_equal(params["encoder_0"]["kernel"].T, params["decoder_3"]["kernel"])
+    grads = jax.jit(jax.grad(lambda p: nets.cross_entropy(net.apply({"params": p}, x), x)))(params)
+    apart = jnp.abs(grads["encoder_0"]["kernel"].T - grads["decoder_3"]["kernel"])
+    assert float(apart.max()) > 1e-3 * float(jnp.abs(grads["decoder_3"]["kernel"]).max())
 
 
-def test_the_vaes_bound_falls_below_a_model_that_ignores_the_image():
+def test_the_vaes_elbo_is_a_lower_bound_that_importance_weighting_tightens():
     x = jnp.asarray(bars(256))
     vae = nets.VAE(latent=2, n_hidden=32, n_visible=16)
     params = jax.jit(vae.init)(jax.random.key(0), x, jax.random.key(0))["params"]
@@ -212,6 +219,29 @@ def test_the_vaes_bound_falls_below_a_model_that_ignores_the_image():
     assert np.mean(losses[-20:]) < np.mean(losses[:20])
     # Each pixel 1/2 whatever the image costs 16 ln 2 = 11.1 nats; the bars hold 3 bits.
     assert after < 0.6 * 16 * math.log(2) < before, (before, after)
+
+    # The ELBO bounds log p(x) from below, and importance weighting tightens it: with a
+    # 2-d latent, log p(x) = log of the integral of p(x|z) p(z) over z, summed on a grid.
+    params = state.params
+    grid = jnp.linspace(-6, 6, 241)
+    z = jnp.stack(jnp.meshgrid(grid, grid), -1).reshape(-1, 2)
+    logits = jax.jit(lambda z: vae.apply({"params": params}, z, method=nets.VAE.decode))(z)
+    log_joint = -optax.sigmoid_binary_cross_entropy(logits[:, None], x[None]).sum(-1)
+    log_joint += (-0.5 * jnp.sum(z**2, 1) - jnp.log(2 * jnp.pi))[:, None]
+    log_px = jax.nn.logsumexp(log_joint, axis=0) + 2 * jnp.log(grid[1] - grid[0])
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def iw(key, k):
+        return nets.importance_weighted_bound(vae, params, x, key, k)
+
+    keys = jax.random.split(jax.random.key(1), 200)
+    one = float(np.mean([iw(key, 1).mean() for key in keys]))  # its mean is the ELBO
+    many = [float(iw(jax.random.key(2), k).mean()) for k in (10, 100, 1000)]
+    elbo = -float(np.mean([jax.jit(loss)(params, (x,), key)[0] for key in keys[:50]]))
+    truth = float(log_px.mean())
+    assert abs(one - elbo) < 0.05, (one, elbo)
+    assert elbo < many[0] < many[1] < many[2] <= truth + 1e-3, (elbo, many, truth)
+    assert truth - many[2] < 0.5 * (truth - elbo), (elbo, many, truth)
 
 
 def test_a_short_mnist_run_learns_what_independent_pixels_cannot(tmp_path):
