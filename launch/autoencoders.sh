@@ -5,9 +5,10 @@
 # running this again goes on from wherever it stopped. Each finished run's small files
 # (config.json, summary.json, metrics.jsonl) are copied to results/autoencoders/<name>/.
 #
-# On one core of the 2-core CPU machine the whole study takes about 8 to 9 hours, measured
-# per epoch (the three deep autoencoders' 200 fine-tuning epochs, some 2 hours each,
-# dominate); a GPU should make it well under an hour.
+# On one core of the 2-core CPU machine the whole study takes about 4 hours, measured
+# per epoch (the three deep autoencoders dominate: 200 fine-tuning epochs of about 13 s
+# each, and for two of them some 25 minutes of RBM pretraining); a GPU should make it
+# well under an hour.
 #
 #   bash launch/autoencoders.sh                   # everything
 #   MODELS="pca vae vae2d" bash launch/autoencoders.sh
