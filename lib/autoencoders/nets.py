@@ -11,8 +11,9 @@
   with tied weights, reconstructing clean inputs from inputs with a fraction masked to 0.
 - `VAE`: Kingma and Welling, "Auto-encoding variational Bayes" (2013): a Gaussian encoder,
   a Bernoulli decoder, the negative ELBO by the reparameterisation trick;
-  `importance_weighted_bound`, Burda, Grosse and Salakhutdinov's tighter k-sample bound
-  ("Importance weighted autoencoders", 2015), to see how far below log p(x) the ELBO is.
+  `importance_weighted_bound` (of `importance_log_weights`), the tighter k-sample bound of
+  Burda, Grosse and Salakhutdinov ("Importance weighted autoencoders", 2015), to see how
+  far below log p(x) the ELBO is.
 """
 
 from __future__ import annotations
@@ -186,13 +187,11 @@ def negative_elbo(
     return jnp.mean(reconstruction + kl), jnp.mean(kl)
 
 
-def importance_weighted_bound(
+def importance_log_weights(
     vae: VAE, params: dict, x: jax.Array, key: jax.Array, samples: int
 ) -> jax.Array:
-    """Burda, Grosse and Salakhutdinov's k-sample bound on log p(x), per example (N,):
-    log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i drawn from the encoder's q(z | x). With one
-    sample its mean is the ELBO; it rises toward log p(x) as k grows, so the ELBO is
-    a lower bound of the likelihood that more samples tighten."""
+    """log p(x, z_i) - log q(z_i | x) for `samples` draws z_i of the encoder's q(z | x)
+    per example, (samples, N): each one's expectation is the ELBO."""
     x = flat(x)
     mean, log_variance = vae.apply({"params": params}, x, method=VAE.encode)
     noise = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
@@ -201,5 +200,12 @@ def importance_weighted_bound(
     log_likelihood = -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=-1)
     log_prior = -0.5 * jnp.sum(z**2 + jnp.log(2 * jnp.pi), axis=-1)
     log_posterior = -0.5 * jnp.sum(noise**2 + log_variance + jnp.log(2 * jnp.pi), axis=-1)
-    log_weights = log_likelihood + log_prior - log_posterior
-    return jax.nn.logsumexp(log_weights, axis=0) - jnp.log(samples)
+    return log_likelihood + log_prior - log_posterior
+
+
+def importance_weighted_bound(log_weights: jax.Array) -> jax.Array:
+    """Burda, Grosse and Salakhutdinov's k-sample bound on log p(x), per example (N,), from
+    k of `importance_log_weights` (k, N): log (1/k) sum_i p(x, z_i) / q(z_i | x). With one
+    sample its mean is the ELBO; it rises toward log p(x) as k grows, so the ELBO is
+    a lower bound of the likelihood that more samples tighten."""
+    return jax.nn.logsumexp(log_weights, axis=0) - jnp.log(log_weights.shape[0])
