@@ -1,5 +1,5 @@
 """A process that imports the project's third-party libraries once, then forks one child
-per command the tests run (`commands.run_module`), so a command skips the two seconds
+per command the tests run (`commands.start_module`), so a command skips the two seconds
 that importing JAX, Flax, Optax, Orbax, TFDS and matplotlib takes.
 
 The child is what `python -m module args...` would be from that point on: the
@@ -8,7 +8,7 @@ stdout and stderr into the files named in the request, the module run as `__main
 the exit status of its `sys.exit` (1 for an uncaught exception, after its traceback),
 atexit handlers and non-daemon threads at interpreter shutdown. Nothing of the project
 is imported here, so the project's own import-time set-up (`lib`'s XLA flags) runs in
-the child under the child's environment; `commands.run_module` starts a real process
+the child under the child's environment; `commands.start_module` starts a real process
 for any environment that changes what these imports read (JAX's, XLA's, TFDS's
 settings). No JAX backend starts here, and these imports start no thread, so forking is
 safe.

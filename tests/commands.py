@@ -150,8 +150,8 @@ class _CommandServer:
             return self._ask(request)["pid"]
 
     def wait(self, pid: int, block: bool, timeout: float | None = None) -> int | None:
-        """The child's exit status (None: it still runs); TimeoutError after `timeout`
-        seconds of blocking, the child left running."""
+        """The child's exit status (None: it still runs); after `timeout` seconds of
+        blocking the child is killed and TimeoutError raised."""
         with self.lock:
             try:
                 return self._ask({"op": "wait", "pid": pid, "block": block}, timeout)["returncode"]

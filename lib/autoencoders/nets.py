@@ -177,12 +177,18 @@ class VAE(nn.Module):
         return self.decode(z), mean, log_variance
 
 
+def bernoulli_log_likelihood(logits: jax.Array, x: jax.Array) -> jax.Array:
+    """log p(x) of pixels x under Bernoulli pixels of these logits, summed over the last
+    axis (the pixels)."""
+    return -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=-1)
+
+
 def negative_elbo(
     logits: jax.Array, x: jax.Array, mean: jax.Array, log_variance: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """(negative ELBO, its KL term), each in nats per example averaged over the batch: the
     Bernoulli reconstruction's cross-entropy plus KL(q(z|x) || N(0, I)) in closed form."""
-    reconstruction = jnp.sum(optax.sigmoid_binary_cross_entropy(logits, flat(x)), axis=1)
+    reconstruction = -bernoulli_log_likelihood(logits, flat(x))
     kl = 0.5 * jnp.sum(jnp.exp(log_variance) + mean**2 - 1.0 - log_variance, axis=1)
     return jnp.mean(reconstruction + kl), jnp.mean(kl)
 
@@ -197,7 +203,7 @@ def importance_log_weights(
     noise = jax.random.normal(key, (samples, *mean.shape), mean.dtype)
     z = mean + jnp.exp(0.5 * log_variance) * noise  # (k, N, latent)
     logits = vae.apply({"params": params}, z, method=VAE.decode)  # (k, N, pixels)
-    log_likelihood = -jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=-1)
+    log_likelihood = bernoulli_log_likelihood(logits, x)
     log_prior = -0.5 * jnp.sum(z**2 + jnp.log(2 * jnp.pi), axis=-1)
     log_posterior = -0.5 * jnp.sum(noise**2 + log_variance + jnp.log(2 * jnp.pi), axis=-1)
     return log_likelihood + log_prior - log_posterior
