@@ -37,7 +37,7 @@ SETTINGS = (
     Setting("epochs", 3, "Pretend epochs; each one is checkpointed.", AT_LEAST_1),
     Setting("sleep_s", 0.0, "Seconds each epoch takes."),
     Setting("fail_above", math.inf, "Raise an error when learning_rate exceeds this."),
-    Setting("stop_s", 0.0, "On SIGTERM, seconds spent 'saving' before stopping."),
+    Setting("stop_until", "", "On SIGTERM, keep 'saving' until this file exists (60 s at most)."),
 )
 common.define_setting_flags(SETTINGS)
 
@@ -111,7 +111,11 @@ def _run(config: dict, workdir: str, stop: _StopOnSigterm) -> dict:
             f.write(str(epoch + 1))
         os.replace(checkpoint + ".tmp", checkpoint)
         if stop.requested and epoch + 1 < config["epochs"]:
-            time.sleep(config["stop_s"])
+            deadline = time.monotonic() + 60
+            while config["stop_until"] and not os.path.exists(config["stop_until"]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{config['stop_until']} never appeared")
+                time.sleep(0.01)
             return {"finished": False}
 
     summary = {

@@ -18,8 +18,8 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         "--ensemble=1,2",
         "--ensemble_layouts=devices",
         "--paths=fast,reference",
-        "--steps_per_call=1,5",
-        "--steps=5",
+        "--steps_per_call=2",
+        "--steps=4",
         "--repeats=1",
     )
     assert done.returncode == 0, done.stderr
@@ -29,7 +29,7 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         (path, "shallow", members, layout, block)
         for path in ("fast", "reference")
         for members, layout in (("1", "-"), ("2", "devices"))
-        for block in ("1", "5")
+        for block in ("2",)
     ]
     for row in rows:
         assert float(row[7]) > 0 and float(row[13]) > 0  # ms/step, s/epoch

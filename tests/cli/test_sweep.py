@@ -10,20 +10,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from commands import run_module, start_module
 
 from launch import results, sweep
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAKE = "tests.fake_experiment"
 
 
 def run_sweep(sweep_dir, *args, check_rc=None):
-    command = [sys.executable, "-m", "launch.sweep", FAKE, f"--sweep_dir={sweep_dir}", *args]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_module("launch.sweep", FAKE, f"--sweep_dir={sweep_dir}", *args, timeout=120)
     if check_rc is not None:
         assert done.returncode == check_rc, done.stdout + done.stderr
     return done
@@ -137,12 +135,7 @@ def test_flags_the_module_rejects_fail_before_any_run(tmp_path):
         assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
         assert not (tmp_path / "s").exists()
-    done = subprocess.run(
-        [sys.executable, "-m", "launch.sweep", "no.such_module", "--sweep_dir=x", "--grid=a=1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    done = run_module("launch.sweep", "no.such_module", "--sweep_dir=x", "--grid=a=1")
     assert (
         done.returncode == 2 and done.stderr == "sweep: error: no module named 'no.such_module'\n"
     )
@@ -225,8 +218,7 @@ def test_gpus_mode_gives_each_run_one_gpu(tmp_path):
 
 def _start_and_stop_mid_run(sweep_dir, args, sig):
     """Starts a sweep, lets run 1 finish and run 2 get partway, then sends `sig` to the sweep."""
-    command = [sys.executable, "-m", "launch.sweep", FAKE, f"--sweep_dir={sweep_dir}", *args]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = start_module("launch.sweep", FAKE, f"--sweep_dir={sweep_dir}", *args)
     checkpoint = sweep_dir / "seed=1" / "checkpoint"
     deadline = time.monotonic() + 60
     while not (checkpoint.exists() and checkpoint.read_text() in ("1", "2")):
@@ -236,11 +228,22 @@ def _start_and_stop_mid_run(sweep_dir, args, sig):
     _, err = process.communicate(timeout=60)
     assert (sweep_dir / "seed=0" / "summary.json").exists()
     assert not (sweep_dir / "seed=1" / "summary.json").exists()
-    return process.returncode, err.decode()
+    return process.returncode, err
 
 
-def _check_resumed(sweep_dir, args):
-    done = run_sweep(sweep_dir, *args, check_rc=0)
+def _check_resumed(sweep_dir, args, saved=None):
+    """Runs the sweep again; `saved` (a file) is made once the re-run waits for the run
+    that an earlier sweep left behind, still 'saving' until that file exists."""
+    rerun = start_module("launch.sweep", FAKE, f"--sweep_dir={sweep_dir}", *args)
+    if saved is not None:
+        deadline = time.monotonic() + 60
+        while "waiting for the process an earlier sweep left behind" not in rerun.output()[0]:
+            assert time.monotonic() < deadline and rerun.poll() is None, rerun.output()
+            time.sleep(0.01)
+        saved.touch()
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out + err
+    done = subprocess.CompletedProcess(rerun.args, rerun.returncode, out, err)
     assert "[1/3] seed=0  finished before, skipped" in done.stdout
     assert summary(sweep_dir, "seed=0")["attempts"] == 1
     resumed = summary(sweep_dir, "seed=1")
@@ -253,15 +256,15 @@ def _check_resumed(sweep_dir, args):
 
 @pytest.mark.parametrize("mode", ["subprocess", "inprocess"])
 def test_sigkill_then_rerun_resumes_without_redoing_finished_runs(tmp_path, mode):
-    d = tmp_path / "sweep"
-    # A run whose sweep is killed gets SIGTERM and takes stop_s to save and stop; the re-run,
-    # started at once, must wait for it instead of training in the same workdir beside it.
-    # stop_s outlasts the re-run's start, which imports the experiment (and with it JAX).
+    d, saved = tmp_path / "sweep", tmp_path / "saved"
+    # A run whose sweep is killed gets SIGTERM and 'saves' until the file `saved` exists;
+    # the re-run, started at once, must wait for it instead of training in the same workdir
+    # beside it. (In one process the run dies with the sweep: nothing is left to wait for.)
     args = [f"--mode={mode}", "--grid", "seed=0,1,2", "--epochs=4", "--sleep_s=0.15"]
-    args += ["--stop_s=10"]
+    args += [f"--stop_until={saved}"]
     code, _ = _start_and_stop_mid_run(d, args, signal.SIGKILL)
     assert code == -signal.SIGKILL
-    done = _check_resumed(d, args)
+    done = _check_resumed(d, args, saved if mode == "subprocess" else None)
     if mode == "subprocess":
         assert "[2/3] seed=1  waiting for the process an earlier sweep left behind" in done.stdout
 
