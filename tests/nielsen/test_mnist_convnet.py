@@ -19,6 +19,16 @@ QUICK = ["--net=relu", "--train_size=2000", "--epochs=2", "--num_devices=1",
          "--validation_size=1000", "--test_size=1000"]  # fmt: skip
 
 
+def small(splits, n_train: int):
+    """`n_train` training images, 500 to validate and 500 to test: these tests compare
+    runs with each other, which the full held-out sets would only make slower."""
+    return splits._replace(
+        train=splits.train.take(n_train),
+        validation=splits.validation.take(500),
+        test=splits.test.take(500),
+    )
+
+
 def cli(*args, env=None, timeout=300):
     return run_module("experiments.mnist_convnet", *args, env=env, timeout=timeout)
 
@@ -129,7 +139,7 @@ def test_scan_and_loop_drivers_agree(mnist_small):
 
 
 def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
-    splits = mnist_small._replace(train=mnist_small.train.take(500))
+    splits = small(mnist_small, 500)
     config = train.TrainConfig(
         epochs=1, batch_size=20, learning_rate=0.1, ensemble=3, num_devices=1
     )
@@ -142,7 +152,7 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
 
 @pytest.mark.parametrize("layout", ["vmap", "unrolled", "devices"])
 def test_members_train_as_their_seeds_alone(mnist_small, tmp_path, layout):
-    splits = mnist_small._replace(train=mnist_small.train.take(300))
+    splits = small(mnist_small, 300)
     model = nets.create("conv1", hidden=(30,))
 
     def fit(seed, members, workdir):
@@ -165,7 +175,7 @@ def test_members_train_as_their_seeds_alone(mnist_small, tmp_path, layout):
 
 
 def test_runs_differing_in_learning_rate_share_compiled_programs(mnist_small, tmp_path):
-    splits = mnist_small._replace(train=mnist_small.train.take(200))
+    splits = small(mnist_small, 200)
     model = nets.create("shallow")
 
     def fit(learning_rate, workdir):
