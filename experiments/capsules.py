@@ -124,6 +124,15 @@ SETTINGS = (
         AT_LEAST_1,
     ),
     Setting("eval_batch_size", 500, "Batch size for validation and test.", AT_LEAST_1),
+    Setting(
+        "conv",
+        "auto",
+        "How the convolutions run, to the same values: xla (XLA's convolutions and their "
+        "gradients), patches (the gradients as matrix products over the input's shifted "
+        "slices, many times faster on XLA's CPU backend, slower to compile), auto (patches "
+        "on CPU). A run may resume under another.",
+        OneOf(layers.CONVS),
+    ),
 )
 common.define_setting_flags(SETTINGS)
 
@@ -172,8 +181,9 @@ def build(
 ) -> nets.CapsNet | nets.BaselineCNN:
     """The net a run of `config` trains, for images of `image_shape` in `num_classes`."""
     if config["model"] == "baseline":
-        return nets.BaselineCNN(num_classes=num_classes)
+        return nets.BaselineCNN(num_classes=num_classes, conv=config["conv"])
     return nets.CapsNet(
+        conv=config["conv"],
         num_classes=num_classes,
         pixels=int(np.prod(image_shape)),
         conv_filters=config["conv_filters"],
@@ -196,7 +206,7 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
             f"--batch_size={config['batch_size']} exceeds the {n_train:,} training images"
         )
     # The learning rate follows the step, not the length of the run: more epochs go on.
-    with common.own_workdir(config, may_grow=("epochs",)) as root:
+    with common.own_workdir(config, ignore=("conv",), may_grow=("epochs",)) as root:
         return _run(config, root, verbose)
 
 

@@ -193,10 +193,11 @@ class PrimaryCaps(nn.Module):
     dim: int = 8
     kernel: int = 9
     stride: int = 2
+    impl: str = "auto"  # of `conv`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = Conv(self.channels * self.dim, self.kernel, self.stride, name="conv")(x)
+        y = Conv(self.channels * self.dim, self.kernel, self.stride, impl=self.impl, name="conv")(x)
         b, h, w, _ = y.shape
         return squash(y.reshape(b, h * w * self.channels, self.dim))
 

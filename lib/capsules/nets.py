@@ -73,11 +73,16 @@ class CapsNet(nn.Module):
     routing_iterations: int = 3
     decoder: Sequence[int] | None = (512, 1024)  # None: no decoder, no reconstruction
     pixels: int = 784
+    conv: str = "auto"  # how the convolutions run (layers.conv's impl); the same values
 
     def setup(self):
-        self.conv1 = layers.Conv(self.conv_filters, self.conv_kernel)
+        self.conv1 = layers.Conv(self.conv_filters, self.conv_kernel, impl=self.conv)
         self.primary = layers.PrimaryCaps(
-            self.primary_channels, self.primary_dim, self.primary_kernel, self.primary_stride
+            self.primary_channels,
+            self.primary_dim,
+            self.primary_kernel,
+            self.primary_stride,
+            impl=self.conv,
         )
         self.digits = layers.DigitCaps(self.num_classes, self.digit_dim, self.routing_iterations)
         if self.decoder is not None:
@@ -115,12 +120,16 @@ class BaselineCNN(nn.Module):
     hidden: Sequence[int] = (328, 192)
     dropout: float = 0.5
     num_classes: int = 10
+    conv: str = "auto"  # as CapsNet's
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         h = images
         for i, channels in enumerate(self.channels):
-            h = nn.relu(layers.Conv(channels, self.kernel, padding="SAME", name=f"conv{i}")(h))
+            conv = layers.Conv(
+                channels, self.kernel, padding="SAME", impl=self.conv, name=f"conv{i}"
+            )
+            h = nn.relu(conv(h))
             self.sow("intermediates", f"conv{i}_relu", h)
         h = h.reshape(h.shape[0], -1)
         for i, width in enumerate(self.hidden):
