@@ -127,10 +127,10 @@ SETTINGS = (
     Setting(
         "conv",
         "auto",
-        "How the convolutions run, to the same values: xla (XLA's convolutions and their "
-        "gradients), patches (the gradients as matrix products over the input's shifted "
-        "slices, many times faster on XLA's CPU backend, slower to compile), auto (patches "
-        "on CPU). A run may resume under another.",
+        "How the convolutions run, the same functions up to float rounding: xla (XLA's "
+        "convolutions and their gradients), patches (the gradients as matrix products over "
+        "the input's shifted slices, many times faster on XLA's CPU backend, slower to "
+        "compile), auto (patches on CPU). A run may resume under another.",
         OneOf(layers.CONVS),
     ),
 )

@@ -73,7 +73,7 @@ class CapsNet(nn.Module):
     routing_iterations: int = 3
     decoder: Sequence[int] | None = (512, 1024)  # None: no decoder, no reconstruction
     pixels: int = 784
-    conv: str = "auto"  # how the convolutions run (layers.conv's impl); the same values
+    conv: str = "auto"  # how the convolutions run: layers.conv's impl
 
     def setup(self):
         self.conv1 = layers.Conv(self.conv_filters, self.conv_kernel, impl=self.conv)
