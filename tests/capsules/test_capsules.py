@@ -89,6 +89,9 @@ def test_margin_loss_matches_a_hand_computation():
     np.testing.assert_allclose(
         layers.margin_loss(lengths, labels), [0.1, 0.64 + 0.40105], rtol=1e-5
     )
+    # A perfect prediction: the true class at least m+ long, every other at most m-.
+    perfect = jnp.array([[0.9, 0.1, 0.0, 0.05], [0.02, 0.1, 1.0, 0.0]])
+    np.testing.assert_array_equal(layers.margin_loss(perfect, labels), [0.0, 0.0])
 
 
 def test_one_routing_iteration_is_a_uniform_average():
