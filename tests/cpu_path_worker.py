@@ -9,12 +9,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+CHUNK = 20  # steps per call of the runner
+
 
 def train_params(
     rung: str, steps: int, nudge: bool = False, snapshots: tuple[int, ...] = (), **net
 ) -> dict:
     """The parameters of `rung` after `steps` of the book's training (batch 10, plain SGD,
-    its lambda and dropout, the expanded set where the rung has it) on 2,000 images,
+    its lambda and dropout, the expanded set where the rung has it) on 2,000 images (at
+    most one epoch: a rung without the expanded set stops after 200 steps),
     keyed by their path; `net` overrides fields of the rung's BookNet; "init/..." keys
     hold the parameters before training and "at<s>/..." those after step s of
     `snapshots` (the run goes on unchanged: a step's randomness follows its number).
@@ -40,15 +43,21 @@ def train_params(
     state = train.init_state(model, optimizer, init_key, jnp.asarray(images.images[:1]))
     batch = {"images": jnp.asarray(images.images), "labels": jnp.asarray(images.labels)}
     idx = train.epoch_indices(shuffle_key, 0, n, 10)[:steps]
+    steps = len(idx)  # at most one epoch: 200 steps for a rung without the expanded set
     if nudge:
         nudged = jax.tree.map(lambda w: np.nextafter(w, np.float32(np.inf)), state.params)
         state = state._replace(params=jax.tree.map(jnp.asarray, nudged))
     kept = {"init/": jax.device_get(state.params)}
-    done = 0
-    for end in sorted({*snapshots, steps}):
-        state, _ = runner(state, batch, idx[done:end], step_key)
-        kept["" if end == steps else f"at{end}/"] = jax.device_get(state.params)
-        done = end
+    # Calls of CHUNK steps each: one shape of index block, so one program per rung (the
+    # runner compiles for each length of block it is given).
+    if steps % CHUNK or any(s % CHUNK for s in snapshots):
+        raise ValueError(f"steps and snapshots must be multiples of {CHUNK}")
+    for done in range(0, steps, CHUNK):
+        state, _ = runner(state, batch, idx[done : done + CHUNK], step_key)
+        if done + CHUNK in snapshots or done + CHUNK == steps:
+            kept["" if done + CHUNK == steps else f"at{done + CHUNK}/"] = jax.device_get(
+                state.params
+            )
     out = {}
     for prefix, params in kept.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):

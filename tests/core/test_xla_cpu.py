@@ -48,7 +48,8 @@ def test_mask_pool_matches_window_pool_and_its_gradient(shape):
 
 @pytest.mark.parametrize("rung", ["relu", "dropout"])
 def test_mask_pooling_trains_exactly_as_window_pooling(rung):
-    """The project's own change of formulation, in one process: bit for bit, 300 steps."""
+    """The project's own change of formulation, in one process: bit for bit, 300 steps
+    of the dropout rung, the relu rung's epoch of 200."""
     mask = train_params(rung, 300, pool="mask")
     window = train_params(rung, 300, pool="window")
     for name, value in window.items():
@@ -56,9 +57,10 @@ def test_mask_pooling_trains_exactly_as_window_pooling(rung):
 
 
 def test_fast_path_trains_as_the_reference_path(tmp_path):
-    """300 steps of the sigmoid conv2 rung, the ReLU rung and the dropout rung (expanded
-    set, dropout masks): this process runs the fast path, a second process the reference
-    path (XLA's default CPU kernels and window max-pooling).
+    """The sigmoid conv2 rung and the ReLU rung for an epoch of 2,000 images (200 steps),
+    the dropout rung for 300 (expanded set, dropout masks): this process runs the fast
+    path, a second process the reference path (XLA's default CPU kernels and window
+    max-pooling).
 
     The two paths' convolution kernels sum in different orders, so parameters first
     differ in the last bit (about 3e-8 after 10 steps). The sigmoid net keeps it there.
@@ -66,7 +68,7 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
     a kink (a ReLU's zero, the larger of two nearly equal values in a max-pool window)
     the gradient takes another route and the difference jumps (measured for relu: 1e-7
     at step 40, 8e-6 at 60, 3e-3 at 100). So for them the test asks for float32
-    agreement through step 40, and at step 300 the two paths no further apart than the
+    agreement through step 40, and at the end the two paths no further apart than the
     fast path is from itself with every initial weight moved by one unit in the last
     place (times 3, for the spread of such distances): what float32 rounding alone does.
     """
