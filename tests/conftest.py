@@ -19,8 +19,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # tests' programs (and the commands they run) compile about a third faster and run at
 # the same speed. The ladder's rungs train to the same bits at either level (conv2 and
 # relu compared over 200 steps, dropout over 300); a quick CapsNet run's losses differ in
-# the last bit or two. Every comparison a test makes is within the one level; the experiments
-# keep XLA's default.
+# the last bit or two. Every comparison a test makes is within the one level; the
+# experiments keep XLA's default.
 if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=1"
 _shared = Path(__file__).resolve().parents[2] / "shared" / "tensorflow_datasets"

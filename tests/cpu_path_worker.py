@@ -52,12 +52,12 @@ def train_params(
     # runner compiles for each length of block it is given).
     if steps % CHUNK or any(s % CHUNK for s in snapshots):
         raise ValueError(f"steps and snapshots must be multiples of {CHUNK}")
-    for done in range(0, steps, CHUNK):
-        state, _ = runner(state, batch, idx[done : done + CHUNK], step_key)
-        if done + CHUNK in snapshots or done + CHUNK == steps:
-            kept["" if done + CHUNK == steps else f"at{done + CHUNK}/"] = jax.device_get(
-                state.params
-            )
+    for end in range(CHUNK, steps + 1, CHUNK):
+        state, _ = runner(state, batch, idx[end - CHUNK : end], step_key)
+        if end == steps:
+            kept[""] = jax.device_get(state.params)
+        elif end in snapshots:
+            kept[f"at{end}/"] = jax.device_get(state.params)
     out = {}
     for prefix, params in kept.items():
         for path, leaf in jax.tree_util.tree_leaves_with_path(params):
