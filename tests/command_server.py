@@ -6,7 +6,7 @@ The child is what `python -m module args...` would be from that point on: the
 requested working directory, environment, argv and `sys.path[0]`, stdin from /dev/null,
 stdout and stderr into the files named in the request, the module run as `__main__`,
 the exit status of its `sys.exit` (1 for an uncaught exception, after its traceback),
-atexit handlers and non-daemon threads at interpreter shutdown. Nothing of the project
+non-daemon threads joined and atexit handlers run at its end (`_exit`). Nothing of the project
 is imported here, so the project's own import-time set-up (`lib`'s XLA flags) runs in
 the child under the child's environment; `commands.start_module` starts a real process
 for any environment that changes what these imports read (JAX's, XLA's, TFDS's
@@ -20,11 +20,13 @@ the signal that ended it, as `subprocess` reports it), or at once with null when
 is false and it still runs. Several children may run at a time.
 """
 
+import atexit
 import importlib
 import json
 import os
 import runpy
 import sys
+import threading
 import traceback
 
 PRELOAD = (
@@ -78,6 +80,21 @@ def _child(request: dict) -> int:
     return 0
 
 
+def _exit(status: int) -> None:
+    """End the child as Python's shutdown would as far as a command can tell (its
+    non-daemon threads joined, atexit handlers run, stdout and stderr flushed), without
+    tearing down every imported module one by one: that takes 0.4 s of a command that
+    ends in 0.05 s, as one rejecting a bad flag does."""
+    main_thread = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main_thread and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
 def main() -> int:
     for name in PRELOAD:
         importlib.import_module(name)
@@ -88,7 +105,7 @@ def main() -> int:
         if request["op"] == "start":
             pid = os.fork()
             if pid == 0:
-                return _child(request)  # the child leaves the loop and shuts down as Python does
+                _exit(_child(request))
             _reply({"pid": pid})
         else:  # "wait": {"pid", "block"}
             pid = request["pid"]

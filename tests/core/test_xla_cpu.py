@@ -1,6 +1,7 @@
 """The CPU paths of lib.core.xla_cpu: the flags they set, and that the fast path trains the
 book's nets to the same parameters as the reference formulation."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -46,11 +47,19 @@ def test_mask_pool_matches_window_pool_and_its_gradient(shape):
     np.testing.assert_array_equal(grad("mask"), grad("window"))
 
 
+@functools.cache
+def fast_path(rung: str) -> dict:
+    """`train_params` of the rung on this process's path (300 steps at most, the
+    parameters after step 40 kept too), once for both tests that need them."""
+    return train_params(rung, 300, snapshots=(40,))
+
+
 @pytest.mark.parametrize("rung", ["relu", "dropout"])
 def test_mask_pooling_trains_exactly_as_window_pooling(rung):
     """The project's own change of formulation, in one process: bit for bit, 300 steps
     of the dropout rung, the relu rung's epoch of 200."""
-    mask = train_params(rung, 300, pool="mask")
+    assert layers.resolve_pool("auto") == "mask"
+    mask = fast_path(rung)
     window = train_params(rung, 300, pool="window")
     for name, value in window.items():
         np.testing.assert_array_equal(mask[name], value, err_msg=name)
@@ -84,7 +93,7 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     reference = np.load(out)
-    fast = {rung: train_params(rung, 300, snapshots=(40,)) for rung in ("conv2", "relu", "dropout")}
+    fast = {rung: fast_path(rung) for rung in ("conv2", "relu", "dropout")}
 
     def kept(params: dict, prefix: str = "") -> dict:  # final parameters: paths start "["
         return {n[len(prefix) :]: v for n, v in params.items() if n.startswith(prefix + "[")}

@@ -16,10 +16,10 @@ from lib.imagenet import train as it
 from lib.imagenet.nets import registry
 from lib.imagenet.nets.resnet import BasicBlock, ResNet
 
-# resnet_tiny on 2,048 MNIST images at 32x32: 64 steps per epoch, about 20 s on two cores.
+# resnet_tiny on 2,048 MNIST images at 32x32: 64 steps per epoch, about 10 s on one core.
 SMOKE = ["--model=resnet_tiny", "--dataset=mnist", "--train_split=train[:2048]",
-         "--eval_split=test[:500]", "--image_size=32", "--batch_size=32", "--steps=120",
-         "--eval_every=40", "--log_every=40", "--learning_rate=0.1", "--warmup_epochs=0.25",
+         "--eval_split=test[:500]", "--image_size=32", "--batch_size=32", "--steps=60",
+         "--eval_every=20", "--log_every=20", "--learning_rate=0.2", "--warmup_epochs=0.25",
          "--workers=0", "--num_devices=1"]  # fmt: skip
 
 
@@ -163,15 +163,16 @@ def test_batch_norm_uses_the_global_batch_under_jit_with_a_sharded_batch(tiny):
 
 
 def test_short_run_on_mnist_through_grain_learns(uninterrupted):
-    """120 steps of batch 32 (Inception crops of 32x32 MNIST): far above chance (10%).
+    """60 steps of batch 32 (Inception crops of 32x32 MNIST), not quite one epoch: far
+    above chance (10% top-1, 50% top-5).
 
-    Measured on two CPU cores: 74.6% top-1 and 97.4% top-5 on 500 test images.
+    Measured on one CPU core: 56.8% top-1 and 94.8% top-5 on 500 test images.
     """
     got = imagenet_result(uninterrupted)
-    assert got["summary"]["steps"] == 120
-    assert got["summary"]["final_top1"] > 0.6
-    assert got["summary"]["final_top5"] > 0.9
-    assert [m["step"] for m in got["metrics"]] == [40, 80, 120]
+    assert got["summary"]["steps"] == 60
+    assert got["summary"]["final_top1"] > 0.45
+    assert got["summary"]["final_top5"] > 0.85
+    assert [m["step"] for m in got["metrics"]] == [20, 40, 60]
     for name in ("config.json", "summary.json", "metrics.jsonl"):
         assert (uninterrupted / name).exists(), name
     assert list((uninterrupted / "tensorboard").iterdir())
@@ -191,7 +192,7 @@ def test_resume_after_sigkill_matches_uninterrupted(uninterrupted, tmp_path):
 
     again = cli(*SMOKE, f"--workdir={tmp_path}")
     assert again.returncode == 0, again.stderr
-    assert "resuming at step 40" in again.stdout
+    assert "resuming at step 20" in again.stdout
     assert imagenet_result(tmp_path) == imagenet_result(uninterrupted)
 
 

@@ -150,27 +150,35 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
     assert summary["test_accuracy"] >= min(members)
 
 
-@pytest.mark.parametrize("layout", ["vmap", "unrolled", "devices"])
-def test_members_train_as_their_seeds_alone(mnist_small, tmp_path, layout):
-    splits = small(mnist_small, 300)
+def fit_members(splits, seed, members, workdir, layout="auto"):
+    """The parameters of a one-epoch run of a small conv1 net with `members` seeds."""
+    config = train.TrainConfig(
+        epochs=1,
+        batch_size=20,
+        learning_rate=0.1,
+        seed=seed,
+        ensemble=members,
+        ensemble_layout=layout,
+        num_devices=1,
+    )
     model = nets.create("conv1", hidden=(30,))
+    return train.train_and_evaluate(model, splits, config, workdir).state.params
 
-    def fit(seed, members, workdir):
-        config = train.TrainConfig(
-            epochs=1,
-            batch_size=20,
-            learning_rate=0.1,
-            seed=seed,
-            ensemble=members,
-            ensemble_layout=layout,
-            num_devices=1,
-        )
-        return train.train_and_evaluate(model, splits, config, tmp_path / workdir).state.params
 
-    together = fit(5, 2, "together")
-    for m, seed in enumerate((5, 6)):
-        alone = fit(seed, 1, f"alone{seed}")
-        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(together), strict=True):
+@pytest.fixture(scope="module")
+def lone_seeds(mnist_small, tmp_path_factory):
+    """Seeds 5 and 6 trained alone (300 images), with the splits they saw."""
+    splits = small(mnist_small, 300)
+    root = tmp_path_factory.mktemp("alone")
+    return splits, [fit_members(splits, seed, 1, root / str(seed)) for seed in (5, 6)]
+
+
+@pytest.mark.parametrize("layout", ["vmap", "unrolled", "devices"])
+def test_members_train_as_their_seeds_alone(lone_seeds, tmp_path, layout):
+    splits, alone = lone_seeds
+    together = fit_members(splits, 5, 2, tmp_path, layout)
+    for m in range(2):
+        for a, b in zip(jax.tree.leaves(alone[m]), jax.tree.leaves(together), strict=True):
             np.testing.assert_allclose(a, b[m], rtol=1e-4, atol=1e-5)
 
 
