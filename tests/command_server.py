@@ -21,6 +21,7 @@ is false and it still runs. Several children may run at a time.
 """
 
 import atexit
+import gc
 import importlib
 import json
 import os
@@ -45,6 +46,11 @@ PRELOAD = (
     "tensorflow_datasets",
     "PIL.Image",
 )
+
+
+# Python's cyclic garbage collector runs less often in the tests' processes (conftest.py
+# says why); its generation thresholds, 700, 10, 10 by default.
+GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def _reply(message: dict) -> None:
@@ -96,6 +102,7 @@ def _exit(status: int) -> None:
 
 
 def main() -> int:
+    gc.set_threshold(*GC_THRESHOLDS)
     for name in PRELOAD:
         importlib.import_module(name)
     _reply({"ready": True})
