@@ -40,6 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,9 +159,21 @@ class Target:
             raise UserError(f"{checkpoints} holds no checkpoint; train the run first")
         saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         manager.close()
-        self.params = jax.tree.map(jnp.asarray, saved.state["params"])
-        model = self.model
-        self.apply = lambda params, x: model.apply({"params": params}, x)
+        # On the default device, as every other array of the study, whatever sharding the
+        # checkpoint was written with: inputs of one placement keep one compiled program.
+        self.params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), saved.state["params"])
+        self.apply = NetApply(self.model)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetApply:
+    """`apply(params, x) -> logits` of a net; equal for equal nets, so that the attacks,
+    compiled per `apply`, compile once for targets of the same architecture."""
+
+    model: nn.Module
+
+    def __call__(self, params, x):
+        return self.model.apply({"params": params}, x)
 
 
 def _errors(target: Target, x, y) -> float:

@@ -213,6 +213,20 @@ def test_a_target_must_be_a_finished_run(two_targets, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "w").exists()
 
 
+def test_targets_of_one_architecture_share_their_compiled_attacks(two_targets, mnist_small):
+    """Two runs of the same net: one compiled FGSM serves both (their `apply`s are equal
+    and their parameters on the same device), so a study of many seeds compiles once."""
+    from experiments.adversarial import Target
+
+    first, second = (Target(workdir) for workdir in two_targets)
+    assert first.apply == second.apply and hash(first.apply) == hash(second.apply)
+    x, y = jnp.asarray(mnist_small.test.images[:8]), jnp.asarray(mnist_small.test.labels[:8])
+    before = adversarial.fgsm._cache_size()
+    for target in (first, second):
+        adversarial.fgsm(target.apply, target.params, x, y, 0.1)
+    assert adversarial.fgsm._cache_size() == before + 1
+
+
 def _fgsm_error(workdir, eps: float) -> float:
     from experiments.adversarial import Target
     from lib.core import data
