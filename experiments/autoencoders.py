@@ -423,7 +423,7 @@ def _trained(config, root, train, test, validation, verbose, stop) -> dict:
 
     if model in CLASSIFIERS:
         net = nets.Classifier(layers, n_classes=classes)
-        params = net.init(key, jnp.zeros((1, x.shape[1])))["params"]
+        params = jax.jit(net.init)(key, jnp.zeros((1, x.shape[1])))["params"]
         if stack is not None:
             params = nets.from_rbms(params, stack)
 
@@ -438,7 +438,7 @@ def _trained(config, root, train, test, validation, verbose, stop) -> dict:
 
     elif model == "vae":
         net = nets.VAE(latent=layers[1], n_hidden=layers[0], n_visible=x.shape[1])
-        params = net.init(key, jnp.zeros((1, x.shape[1])), key)["params"]
+        params = jax.jit(net.init)(key, jnp.zeros((1, x.shape[1])), key)["params"]
 
         def loss(params, batch, key):
             logits, mean, log_variance = net.apply({"params": params}, batch[0], key)
@@ -459,7 +459,7 @@ def _trained(config, root, train, test, validation, verbose, stop) -> dict:
             net = nets.DenoisingAutoencoder(layers[0], n_visible=x.shape[1])
         else:
             net = nets.Autoencoder(layers, n_visible=x.shape[1])
-        params = net.init(key, jnp.zeros((1, x.shape[1])))["params"]
+        params = jax.jit(net.init)(key, jnp.zeros((1, x.shape[1])))["params"]
         if stack is not None:
             params = nets.unroll(stack)
         noise = config["noise"] if model == "denoising" else 0.0
@@ -479,7 +479,7 @@ def _trained(config, root, train, test, validation, verbose, stop) -> dict:
             return {"squared_error": errors, "cross_entropy": ce}
 
     tx = train_lib.optimizer(config["optimizer"], config["learning_rate"])
-    state = steps.TrainState(params, tx.init(params))
+    state = steps.TrainState(params, jax.jit(tx.init)(params))
     batches = steps.Batches(len(x), config["batch_size"], seed)
     step = steps.make_step(loss, tx, (jnp.asarray(x), jnp.asarray(y)), batches, seed)
     score_jit = jax.jit(score)
@@ -530,7 +530,17 @@ def _pictures(config, root, net, params, stack, test, train_x, shape) -> None:
     model, layers = config["model"], config["layers"]
     xs, ys = test
     shown = jnp.asarray(xs[:10])
-    bound = net.bind({"params": params})
+
+    def compiled(method: str, sigmoid: bool = False):
+        """The net's `method` on the trained parameters as one compiled program (rather
+        than op by op), its logits through the sigmoid when asked."""
+
+        def apply(x):
+            out = net.apply({"params": params}, x, method=method)
+            return jax.nn.sigmoid(out) if sigmoid else out
+
+        return jax.jit(apply)
+
     if stack is not None:
         filters = np.asarray(stack[0].w).T[:100]
         pictures.image_grid(
@@ -541,16 +551,16 @@ def _pictures(config, root, net, params, stack, test, train_x, shape) -> None:
         if model == "denoising":
             masked = nets.mask(jax.random.key(config["seed"] + 2), shown, config["noise"])
             rows.append((f"masked {config['noise']:.0%}", np.asarray(masked)))
-            rows.append(("denoised", np.asarray(jax.nn.sigmoid(bound(masked)))))
+            rows.append(("denoised", np.asarray(compiled("__call__", True)(masked))))
             pictures.image_grid(np.asarray(params["w"]).T[:100], root / "filters.png",
                                 "first-layer filters", signed=True, image_shape=shape)  # fmt: skip
-        rows.append(("autoencoder", np.asarray(jax.nn.sigmoid(bound(shown)))))
+        rows.append(("autoencoder", np.asarray(compiled("__call__", True)(shown))))
         fitted = pca.fit(train_x, layers[-1])
         rows.append((f"PCA {layers[-1]}", _pca_reconstruction(fitted, xs[:10])))
         widths = "-".join(map(str, [train_x.shape[1], *layers]))
         pictures.digit_rows(rows, root / "reconstructions.png", f"{model}: {widths}", shape)
     if model in AUTOENCODERS and layers[-1] == 2:
-        codes = steps.batched(lambda a: bound.encode(a), jnp.asarray(xs))
+        codes = steps.batched(compiled("encode"), jnp.asarray(xs))
         fitted = pca.fit(train_x, 2)
         pictures.codes_scatter(
             [("autoencoder " + "-".join(map(str, [train_x.shape[1], *layers])), np.asarray(codes)),
@@ -559,20 +569,21 @@ def _pictures(config, root, net, params, stack, test, train_x, shape) -> None:
         )  # fmt: skip
     if model == "vae":
         latent = layers[1]
+        decode = compiled("decode", sigmoid=True)
         z = jax.random.normal(jax.random.key(config["seed"] + 3), (64, latent))
-        samples = np.asarray(jax.nn.sigmoid(bound.decode(z)))
+        samples = np.asarray(decode(z))
         pictures.image_grid(
             samples, root / "samples.png", "VAE: samples from the prior", image_shape=shape
         )
         rows = [("test", np.asarray(shown))]
-        mean, _ = bound.encode(shown)
-        rows.append(("VAE (mean z)", np.asarray(jax.nn.sigmoid(bound.decode(mean)))))
+        mean, _ = compiled("encode")(shown)
+        rows.append(("VAE (mean z)", np.asarray(decode(mean))))
         pictures.digit_rows(rows, root / "reconstructions.png", "VAE reconstructions", shape)
         if latent == 2:
             side = 15
             grid = jax.scipy.stats.norm.ppf(jnp.linspace(0.05, 0.95, side))
             z = jnp.stack(jnp.meshgrid(grid, -grid), -1).reshape(-1, 2)[:, ::-1]
-            manifold = np.asarray(jax.nn.sigmoid(bound.decode(z)))
+            manifold = np.asarray(decode(z))
             pictures.image_grid(
                 manifold, root / "manifold.png", "VAE: the 2-d latent manifold", image_shape=shape
             )
