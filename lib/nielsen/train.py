@@ -377,6 +377,15 @@ _epoch_indices_jit = jax.jit(epoch_indices, static_argnums=(2, 3))
 # ----------------------------------------------------------------------------- epoch drivers
 
 
+def _is_key(x: Any) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _on_host(x: Any) -> Any:
+    """A NumPy copy of an array (typed PRNG keys, which NumPy cannot hold, stay put)."""
+    return x if _is_key(x) else np.asarray(x)
+
+
 class MemberDevices:
     """An ensemble's members spread over the local devices, member m on device m % n.
 
@@ -391,14 +400,22 @@ class MemberDevices:
         self._shared: tuple[Any, list] | None = None
 
     def split(self, tree: Any) -> list:
+        # Sliced on the host: slicing on a device compiles a program per leaf shape.
+        host = jax.tree.map(_on_host, tree)
         return [
-            jax.device_put(jax.tree.map(lambda x, m=m: x[m], tree), device)
+            jax.device_put(jax.tree.map(lambda x, m=m: x[m], host), device)
             for m, device in enumerate(self.devices)
         ]
 
     def stack(self, trees: list) -> Any:
         home = self.devices[0]
-        return jax.tree.map(lambda *xs: jnp.stack([jax.device_put(x, home) for x in xs]), *trees)
+
+        def stacked(*xs):
+            if _is_key(xs[0]):
+                return jnp.stack([jax.device_put(x, home) for x in xs])
+            return jax.device_put(np.stack([np.asarray(x) for x in xs]), home)
+
+        return jax.tree.map(stacked, *trees)
 
     def replicate(self, tree: Any) -> list:
         if self._shared is None or self._shared[0] is not tree:

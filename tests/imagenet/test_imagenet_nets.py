@@ -81,10 +81,14 @@ def random_variables(shapes, seed=0):
 @functools.cache
 def model_and_forward(name, **kwargs):
     """The model and one compiled function for its training pass (returning the
-    batch-stat updates) and its evaluation; cached so tests share the compilation."""
+    batch-stat updates) and its evaluation; cached so tests share the compilation.
+
+    Compiled at LLVM's optimisation level 0: for one batch of two images the code need
+    not be fast, and Inception v3's compiles in 1.5 s instead of 6.5 (runs in 0.16 s
+    instead of 0.11)."""
     model = registry.get_model(name, num_classes=NUM_CLASSES, **kwargs)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
     def run(variables, x):
         train_out, updates = model.apply(
             variables, x, train=True, rngs={"dropout": jax.random.key(3)}, mutable=["batch_stats"]
