@@ -306,3 +306,15 @@ def test_the_nets_infer_colour_32x32_images():
     assert nets.forward_macs(model, (32, 32, 3)) == (
         28 * 28 * 25 * 3 * 20 + 10 * 10 * 25 * 20 * 40 + 1000 * 100 + 100 * 10
     )
+
+
+def test_an_ensemble_run_says_its_test_accuracy_is_the_vote(tmp_path, capsys):
+    from experiments import mnist_convnet
+
+    overrides = {"net": "shallow", "train_size": 200, "validation_size": 200, "test_size": 200,
+                 "epochs": 1, "batch_size": 20, "ensemble": 2, "num_devices": 1}  # fmt: skip
+    summary = mnist_convnet.run(overrides, str(tmp_path / "run"))
+    alone = ", ".join(f"{100 * a:.2f}%" for a in summary["test_member_accuracy"])
+    out = capsys.readouterr().out
+    assert f"test accuracy there {100 * summary['test_accuracy']:.2f}%" in out
+    assert f"the vote of 2 nets (alone {alone})" in out
