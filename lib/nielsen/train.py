@@ -469,11 +469,11 @@ class EpochRunner:
 
             self._steps = jax.jit(steps, donate_argnums=0, static_argnums=5)
 
-    def _plan(self, n: int) -> list[tuple[int, int]]:
-        """(first step, count) of each call over n steps: blocks, then single steps."""
+    def _plan(self, n: int, start: int = 0) -> list[tuple[int, int]]:
+        """(first row, count) of each call over rows start..n-1: blocks, then single steps."""
         block = self.steps_per_call
-        whole = n - n % block if block > 1 else 0
-        return [(i, block) for i in range(0, whole, block)] + [(i, 1) for i in range(whole, n)]
+        whole = n - (n - start) % block if block > 1 else start
+        return [(i, block) for i in range(start, whole, block)] + [(i, 1) for i in range(whole, n)]
 
     def __call__(
         self,
@@ -483,19 +483,24 @@ class EpochRunner:
         key: jax.Array,
         should_stop: Callable[[], bool] | None = None,
         progress: Callable[[int], None] | None = None,
+        *,
+        start: int = 0,
     ) -> tuple[TrainState, dict[str, np.ndarray]]:
-        """Returns the new state and each step's metrics (fewer steps if stopped early)."""
+        """Runs the steps of rows `start`.. of `idx` and returns the new state and each
+        step's metrics (fewer steps if stopped early). A run resumed mid-epoch passes the
+        epoch's whole `idx` and its `start`, so the host loop reuses the epoch's programs
+        (their shapes are those of the whole `idx`)."""
         if self.members is not None:
-            return self._run_members(state, data, idx, key, should_stop, progress)
+            return self._run_members(state, data, idx, key, should_stop, progress, start)
         if self.driver == "scan":
-            state, metrics = self._scan(state, data, idx, key)
+            state, metrics = self._scan(state, data, idx[start:], key)
             return state, jax.device_get(metrics)
         collected = []
-        for i, count in self._plan(idx.shape[0]):
+        for i, count in self._plan(idx.shape[0], start):
             state, metrics = self._steps(state, data, idx, i, key, count)
             collected.append(metrics)
-            done = i + count
-            if done // self.check_every > i // self.check_every:
+            done = i + count - start
+            if done // self.check_every > (i - start) // self.check_every:
                 if not np.all(np.isfinite(np.asarray(metrics["loss"]))):
                     break  # the caller finds the first bad step
                 if progress is not None:
@@ -505,12 +510,14 @@ class EpochRunner:
         metrics = jax.device_get(collected)
         return state, {k: np.concatenate([m[k] for m in metrics]) for k in metrics[0]}
 
-    def _run_members(self, state, data, idx, key, should_stop, progress):
+    def _run_members(self, state, data, idx, key, should_stop, progress, start):
         """One program per member on its device: each call is dispatched without waiting,
         so the devices (cores) work side by side."""
         devices = self.members
         states = devices.split(state)
         datas = devices.replicate(data)
+        if self.driver == "scan":
+            idx = idx[start:]
         idxs = devices.split(jnp.swapaxes(idx, 0, 1))
         keys = devices.split(key)
         members = range(len(states))
@@ -521,14 +528,14 @@ class EpochRunner:
             stacked = {k: np.stack([m[k] for m in metrics], axis=1) for k in metrics[0]}
             return devices.stack(states), stacked
         collected = []
-        for i, count in self._plan(idx.shape[0]):
+        for i, count in self._plan(idx.shape[0], start):
             calls = []
             for m in members:
                 states[m], metrics = self._steps(states[m], datas[m], idxs[m], i, keys[m], count)
                 calls.append(metrics)
             collected.append(calls)
-            done = i + count
-            if done // self.check_every > i // self.check_every:
+            done = i + count - start
+            if done // self.check_every > (i - start) // self.check_every:
                 if not all(np.all(np.isfinite(np.asarray(m["loss"]))) for m in calls):
                     break
                 if progress is not None:
@@ -776,7 +783,7 @@ def train_and_evaluate(
             if epoch >= config.epochs:
                 break
             started = time.perf_counter()
-            idx = _epoch_indices_jit(shuffle_key, epoch, n_virtual, config.batch_size)[offset:]
+            idx = _epoch_indices_jit(shuffle_key, epoch, n_virtual, config.batch_size)
 
             def progress(done, _epoch=epoch, _offset=offset, _started=started):
                 seconds = time.perf_counter() - _started
@@ -789,7 +796,7 @@ def train_and_evaluate(
                     }
                 )
 
-            state, metrics = runner(state, data, idx, step_key, should_stop, progress)
+            state, metrics = runner(state, data, idx, step_key, should_stop, progress, start=offset)
             bad = _first_bad_step(metrics["loss"])
             if bad is not None:
                 raise DivergedError(

@@ -252,8 +252,9 @@ def test_missing_dataset_says_how_to_point_tfds(tmp_path):
 def test_blocks_of_steps_per_call_train_exactly_as_single_steps(rung, mnist_small):
     """A host-loop call of 2 unrolled steps, 23 steps in all (11 blocks and a single step),
     ends with the same parameters, bit for bit, as 23 calls of one step, dropout masks
-    and the expanded set included. (The losses it reports, a sum XLA may order otherwise
-    inside the larger program, agree to float32 rounding.)"""
+    and the expanded set included, and so does a run of blocks stopped and resumed. (The
+    losses it reports, a sum XLA may order otherwise inside the larger program, agree to
+    float32 rounding.)"""
     spec = nets.RUNGS[rung]
     model = nets.create(rung)
     optimizer = train.make_optimizer("sgd", spec.learning_rate)
@@ -271,10 +272,19 @@ def test_blocks_of_steps_per_call_train_exactly_as_single_steps(rung, mnist_smal
         state, metrics = runner(state, data, idx[:23], step_key)
         assert metrics["loss"].shape == (23,) and int(state.step) == 23
         finals.append((jax.device_get(state.params), metrics["loss"]))
-    (params, losses), (blocked_params, blocked_losses) = finals
-    for one, blocked in zip(jax.tree.leaves(params), jax.tree.leaves(blocked_params), strict=True):
-        np.testing.assert_array_equal(one, blocked)
-    np.testing.assert_allclose(losses, blocked_losses, rtol=1e-6)
+    # The same 23 steps stopped after 10 and resumed at row 10 of the same indices, by the
+    # runner of 2-step blocks: no new program (the block and the single step it has).
+    state = train.init_state(model, optimizer, init_key, data["images"][:1])
+    state, first = runner(state, data, idx[:23], step_key, should_stop=lambda: True)
+    state, rest = runner(state, data, idx[:23], step_key, start=10)
+    assert (first["loss"].shape, rest["loss"].shape, int(state.step)) == ((10,), (13,), 23)
+    assert runner._steps._cache_size() == 2
+    finals.append((jax.device_get(state.params), np.concatenate([first["loss"], rest["loss"]])))
+    (params, losses), *others = finals
+    for other_params, other_losses in others:
+        for one, other in zip(jax.tree.leaves(params), jax.tree.leaves(other_params), strict=True):
+            np.testing.assert_array_equal(one, other)
+        np.testing.assert_allclose(losses, other_losses, rtol=1e-6)
 
 
 def test_the_book_nets_train_on_another_tfds_dataset(tmp_path, monkeypatch):
