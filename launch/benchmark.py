@@ -35,7 +35,6 @@ trained as one program in at most twice one net's time.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -218,7 +217,7 @@ def cases_in_process(path: str) -> list[dict]:
     argv = [a for a in sys.argv[1:] if not a.startswith(("--paths", "--jsonl"))]
     done = subprocess.run(
         [sys.executable, "-m", "launch.benchmark", *argv, f"--paths={path}", "--jsonl"],
-        env={**os.environ, xla_cpu.ENV: path},
+        env=xla_cpu.child_environment(path),
         capture_output=True,
         text=True,
     )

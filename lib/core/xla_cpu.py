@@ -43,12 +43,27 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+_added: list[str] = []  # the flags `configure` added to this process's own XLA_FLAGS
+
+
 def configure(env: MutableMapping[str, str] = os.environ) -> None:
     """Add the project's XLA CPU flags to `env["XLA_FLAGS"]`, keeping any the user set."""
     flags = env.get("XLA_FLAGS", "").split()
+    added = []
     if path(env) == "fast":
         if not any(f.startswith("--xla_cpu_experimental_ynn_fusion_type") for f in flags):
-            flags.append(YNN_OFF)
+            added.append(YNN_OFF)
         if not any(f.startswith(DEVICE_COUNT) for f in flags):
-            flags.append(f"{DEVICE_COUNT}={cores()}")
-    env["XLA_FLAGS"] = " ".join(flags)
+            added.append(f"{DEVICE_COUNT}={cores()}")
+    env["XLA_FLAGS"] = " ".join(flags + added)
+    if env is os.environ:
+        _added[:] = added
+
+
+def child_environment(cpu_path: str) -> dict[str, str]:
+    """This process's environment for a child process that runs CPU path `cpu_path`: the
+    user's XLA flags without those `configure` added here, so that the child's own
+    `configure` decides (a reference child gets XLA's defaults, YNNPACK included)."""
+    path({ENV: cpu_path})  # refuses an unknown path
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f not in _added]
+    return {**os.environ, ENV: cpu_path, "XLA_FLAGS": " ".join(flags)}

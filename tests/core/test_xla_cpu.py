@@ -33,6 +33,20 @@ def test_configure_adds_the_fast_flags_and_keeps_the_users():
         xla_cpu.configure({xla_cpu.ENV: "fastest"})
 
 
+def test_a_child_process_gets_the_users_flags_and_configures_its_own_path():
+    """What this process's `configure` added is not handed on: a reference child runs
+    XLA's defaults, a fast child adds the same flags again itself."""
+    reference = xla_cpu.child_environment("reference")
+    assert reference[xla_cpu.ENV] == "reference"
+    assert xla_cpu.YNN_OFF in os.environ["XLA_FLAGS"].split()
+    assert xla_cpu.YNN_OFF not in reference["XLA_FLAGS"].split()
+    fast = xla_cpu.child_environment("fast")
+    xla_cpu.configure(fast)
+    assert fast["XLA_FLAGS"] == os.environ["XLA_FLAGS"]
+    with pytest.raises(ValueError, match="choose from fast, reference"):
+        xla_cpu.child_environment("fastest")
+
+
 @pytest.mark.parametrize("shape", [(3, 24, 24, 5), (2, 9, 7, 3)])
 def test_mask_pool_matches_window_pool_and_its_gradient(shape):
     x = jax.random.normal(jax.random.PRNGKey(0), shape)
@@ -84,8 +98,7 @@ def test_fast_path_trains_as_the_reference_path(tmp_path):
     assert xla_cpu.path() == "fast" and layers.resolve_pool("auto") == "mask"
     assert layers.resolve_conv("auto") == "patches"
     out = tmp_path / "reference.npz"
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn_fusion" not in f]
-    env = {**os.environ, xla_cpu.ENV: "reference", "XLA_FLAGS": " ".join(flags)}
+    env = xla_cpu.child_environment("reference")
     worker = str(ROOT / "tests" / "cpu_path_worker.py")
     done = subprocess.run(
         [sys.executable, worker, str(out), "conv2,relu,dropout", "300", "40"],
