@@ -17,8 +17,8 @@ hyperparameters, and any flag given explicitly overrides them.
 | dropout  | 99.60%               | 40     | 0.03 | 0      | FC 1000 x2, dropout 0.5    |
 | ensemble | 99.67%               | 40     | 0.03 | 0      | five dropout nets, voting  |
 
-The README's main job: three nets of the ReLU rung trained side by side (one per CPU
-core) and voting, with random one-pixel shifts, the book's batch of 10 and lambda,
+The README's main job: three nets of the ReLU rung trained side by side (on the CPU,
+spread over its cores) and voting, with random one-pixel shifts, the book's batch of 10 and lambda,
 Nesterov momentum and a cosine learning-rate decay, 4 epochs (the README gives its
 accuracy, time and device):
 
