@@ -328,3 +328,27 @@ def test_an_ensemble_run_says_its_test_accuracy_is_the_vote(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"test accuracy there {100 * summary['test_accuracy']:.2f}%" in out
     assert f"the vote of 2 nets (alone {alone})" in out
+
+
+def test_members_stopped_and_resumed_mid_epoch_train_as_uninterrupted(mnist_small):
+    """The devices layout resumed at row 10 of the epoch's indices: the same parameters,
+    bit for bit, and no program compiled for the remainder."""
+    model = nets.create("shallow")
+    optimizer = train.make_optimizer("sgd", 0.1)
+    step = train.make_train_step(model, optimizer, 0.0)
+    data = {"images": jnp.asarray(mnist_small.train.images[:400]),
+            "labels": jnp.asarray(mnist_small.train.labels[:400])}  # fmt: skip
+    init_key, shuffle_key, step_key = train.run_keys(0, 2)
+    idx = train.epoch_indices(shuffle_key, 0, 400, 10)
+    runner = train.make_runner(step, 2, "devices", "loop", steps_per_call=2)
+    runner.check_every = 10
+    whole, _ = runner(
+        train.init_state(model, optimizer, init_key, data["images"][:1]), data, idx, step_key
+    )
+    state = train.init_state(model, optimizer, init_key, data["images"][:1])
+    state, first = runner(state, data, idx, step_key, should_stop=lambda: True)
+    state, rest = runner(state, data, idx, step_key, start=10)
+    assert (first["loss"].shape, rest["loss"].shape) == ((10, 2), (30, 2))
+    assert runner._steps._cache_size() == 2  # the 2-step block, once per device
+    for a, b in zip(jax.tree.leaves(whole.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
