@@ -113,7 +113,16 @@ def capsules_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def activations_table(folder: Path) -> str:
+    """The table the full activation study wrote (`table.md`), once it has finished."""
+    for name, _, _ in summaries(folder):
+        if name == "full":
+            return (Path(folder) / name / "table.md").read_text().strip()
+    return "The full study has not finished yet."
+
+
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
+    "activations: full": ("activations", activations_table),
     "autoencoders: results": ("autoencoders", autoencoders_table),
     "capsules: results": ("capsules", capsules_table),
 }

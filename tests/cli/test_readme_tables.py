@@ -56,3 +56,11 @@ def test_a_page_without_the_markers_is_named(tmp_path):
     page.write_text("no tables here\n")
     with pytest.raises(UserError, match="has no '<!-- capsules: results -->'"):
         readme_tables.put_block(page, "capsules: results", "| x |")
+
+
+def test_the_activation_table_is_the_finished_studys_own(tmp_path):
+    folder = tmp_path / "activations"
+    assert readme_tables.activations_table(folder) == "The full study has not finished yet."
+    write_run(folder / "full", {"wall_time_s": 60.0}, {"preset": "full"})
+    (folder / "full" / "table.md").write_text("| variant |\n| --- |\n| tanh |\n")
+    assert readme_tables.activations_table(folder) == "| variant |\n| --- |\n| tanh |"
