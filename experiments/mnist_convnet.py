@@ -18,9 +18,9 @@ hyperparameters, and any flag given explicitly overrides them.
 | ensemble | 99.67%               | 40     | 0.03 | 0      | five dropout nets, voting  |
 
 The README's main job: three nets of the ReLU rung trained side by side (on the CPU,
-spread over its cores) and voting, with random one-pixel shifts, the book's batch of 10 and lambda,
-Nesterov momentum and a cosine learning-rate decay, 4 epochs (the README gives its
-accuracy, time and device):
+spread over its cores) and voting, with random one-pixel shifts, the book's batch of
+10 and lambda, Nesterov momentum and a cosine learning-rate decay, 4 epochs (the
+README gives its accuracy, time and device):
 
     python -m experiments.mnist_convnet --net=relu --ensemble=3 --epochs=4 --max_shift=1 \
         --batch_size=10 --optimizer=nesterov --learning_rate=0.015 --l2=0.1 \

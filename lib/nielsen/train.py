@@ -490,10 +490,12 @@ class EpochRunner:
         step's metrics (fewer steps if stopped early). A run resumed mid-epoch passes the
         epoch's whole `idx` and its `start`, so the host loop reuses the epoch's programs
         (their shapes are those of the whole `idx`)."""
+        if self.driver == "scan":  # one program over the rows it is given
+            idx, start = idx[start:], 0
         if self.members is not None:
             return self._run_members(state, data, idx, key, should_stop, progress, start)
         if self.driver == "scan":
-            state, metrics = self._scan(state, data, idx[start:], key)
+            state, metrics = self._scan(state, data, idx, key)
             return state, jax.device_get(metrics)
         collected = []
         for i, count in self._plan(idx.shape[0], start):
@@ -516,8 +518,6 @@ class EpochRunner:
         devices = self.members
         states = devices.split(state)
         datas = devices.replicate(data)
-        if self.driver == "scan":
-            idx = idx[start:]
         idxs = devices.split(jnp.swapaxes(idx, 0, 1))
         keys = devices.split(key)
         members = range(len(states))
