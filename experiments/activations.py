@@ -10,8 +10,9 @@ rate were changed or the function rescaled, since sigmoid(z) = (1 + tanh(z/2)) /
 
 Each variant below trains its seeds as one vmapped program (member m is exactly
 the lone run with seed + m) in WORKDIR/<variant>/, which resumes from its own
-checkpoints. The variants that answer the open question take sigmoid to tanh in
-steps, tanh(z) = 2 sigmoid(2z) - 1:
+checkpoints; variants given after those of an earlier run in the same workdir are
+trained next to the finished ones, which are kept. The variants that answer the open
+question take sigmoid to tanh in steps, tanh(z) = 2 sigmoid(2z) - 1:
 
 | variant          | units            | eta  | lambda | what it changes                      |
 | ---------------- | ---------------- | ---- | ------ | ------------------------------------ |
@@ -323,8 +324,10 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
     config = config_lib.as_dict(
         resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
     )
-    # thresholds only choose what the table reports; more epochs go on where the runs ended
-    with common.own_workdir(config, ignore=("thresholds",), may_grow=("epochs",)) as root:
+    # thresholds only choose what the table reports; more epochs go on where the runs ended,
+    # and variants added after the last keep the finished ones (each has its own workdir)
+    grows = ("epochs", "variants")
+    with common.own_workdir(config, ignore=("thresholds",), may_grow=grows) as root:
         return _study(config, root, verbose)
 
 

@@ -132,8 +132,9 @@ def accept_resume(
     """UserError when workdir/config.json records a run with other settings than `config`:
     resuming it would mix two runs. Compared are `keys` (default: every setting both record)
     less `ignore` (how a run executes, not what it computes); a setting in `may_grow` may be
-    larger than before (more epochs: the run goes on from where it ended). Call it before
-    writing to the workdir, while holding it (`hold_workdir`).
+    larger than before (more epochs: the run goes on from where it ended), or, for a list,
+    longer with the same items first (more variants of a study: those done are kept). Call
+    it before writing to the workdir, while holding it (`hold_workdir`).
 
     Returns the settings that grew; the workdir's summary.json, which describes the shorter
     run, is then removed, since the run is unfinished again.
@@ -157,7 +158,10 @@ def accept_resume(
         numbers = all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)
         )
-        if name in may_grow and numbers and after > before:
+        extended = (
+            isinstance(before, list) and isinstance(after, list) and after[: len(before)] == before
+        )
+        if name in may_grow and ((numbers and after > before) or extended):
             grown.append(name)
         else:
             changed.append(f"{name}={_show(before)} (now {_show(after)})")

@@ -10,7 +10,7 @@ from commands import run_module
 
 from experiments import activations
 from lib.core import config as config_lib
-from lib.core.errors import ConfigError
+from lib.core.errors import ConfigError, UserError
 from lib.nielsen import studies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,24 @@ def test_quick_setting_writes_the_study(tmp_path):
     row = summary["variants"]["sigmoid_x4"]
     assert row["seeds"] == 2 and set(row["first_epoch"]) == {"90", "95", "98.5", "99"}
     assert summary["variants"]["tanh"]["vs_tanh"] == {"mean_pp": 0.0, "final_pp": 0.0}
+
+    # Variants added after the last go on in the same workdir; the finished are not retrained.
+    done = {p: p.stat().st_mtime_ns for p in tmp_path.glob("tanh/checkpoints/**/*") if p.is_file()}
+    history = (tmp_path / "tanh" / "metrics.jsonl").read_bytes()
+    more = activations.run(
+        {**config, "variants": ["tanh", "sigmoid_x4", "relu"]}, workdir=str(tmp_path), verbose=False
+    )
+    assert list(more["variants"]) == ["tanh", "sigmoid_x4", "relu"]
+    for name in ("tanh", "sigmoid_x4"):
+        assert more["variants"][name] == summary["variants"][name]
+    assert done and {p: p.stat().st_mtime_ns for p in done} == done
+    assert (tmp_path / "tanh" / "metrics.jsonl").read_bytes() == history
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["variant"] for x in lines] == ["tanh", "sigmoid_x4", "relu"]
+    # Another order, or one left out, is another study.
+    for variants in (["sigmoid_x4", "tanh", "relu"], ["tanh", "relu"]):
+        with pytest.raises(UserError, match=r"variants=tanh,sigmoid_x4,relu \(now"):
+            activations.run({**config, "variants": variants}, workdir=str(tmp_path))
 
 
 def test_a_preset_is_the_config_and_given_settings_go_over_it():
