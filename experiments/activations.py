@@ -58,7 +58,7 @@ from ml_collections import ConfigDict
 from experiments import common
 from lib.core import config as config_lib
 from lib.core import data as data_lib
-from lib.core.config import AT_LEAST_1, NON_NEGATIVE, OneOf, Range, Setting
+from lib.core.config import AT_LEAST_1, OneOf, Range, Setting
 from lib.core.errors import ConfigError
 from lib.core.metrics import write_json
 from lib.core.stop import GracefulStop
@@ -129,14 +129,8 @@ SETTINGS = (
         OneOf(tuple(VARIANTS)),
         str,
     ),
-    Setting(
-        "seeds",
-        None,
-        "Seeds per variant, trained as one vmapped program; default: the preset's.",
-        AT_LEAST_1,
-        int,
-    ),
-    Setting("seed", 0, "First seed; the members are seed, seed + 1, ...", NON_NEGATIVE),
+    common.study_seeds("variant"),
+    common.STUDY_SEED,
     Setting("epochs", None, "Epochs; the book's is 60; default: the preset's.", AT_LEAST_1, int),
     Setting(
         "train_size",
@@ -145,13 +139,7 @@ SETTINGS = (
         AT_LEAST_1,
         int,
     ),
-    Setting(
-        "validation_size",
-        None,
-        "Validate on the first N of the 10,000 validation images; default: the preset's.",
-        Range(1, 10_000),
-        int,
-    ),
+    common.STUDY_VALIDATION_SIZE,
     common.TEST_SIZE,
     Setting("batch_size", 10, "Mini-batch size; the book's is 10.", AT_LEAST_1),
     Setting(

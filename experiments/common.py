@@ -79,6 +79,27 @@ TEST_SIZE = Setting(
     int,
 )
 
+# The studies' (activations, expanded data): several seeds a run, sizes set by a preset.
+STUDY_VALIDATION_SIZE = Setting(
+    "validation_size",
+    None,
+    "Validate on the first N of the 10,000 validation images; default: the preset's.",
+    Range(1, 10_000),
+    int,
+)
+STUDY_SEED = Setting("seed", 0, "First seed; the members are seed, seed + 1, ...", NON_NEGATIVE)
+
+
+def study_seeds(each: str) -> Setting:
+    """The number of seeds for each `each` (a variant, a run) of a study."""
+    return Setting(
+        "seeds",
+        None,
+        f"Seeds per {each}, trained as one vmapped program; default: the preset's.",
+        AT_LEAST_1,
+        int,
+    )
+
 
 def scored_subsets(splits, config: Mapping):
     """`splits` (lib.core.data.Splits) with the validation and test sets cut to the first

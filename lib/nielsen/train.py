@@ -497,20 +497,33 @@ class EpochRunner:
         if self.driver == "scan":
             state, metrics = self._scan(state, data, idx, key)
             return state, jax.device_get(metrics)
-        collected = []
-        for i, count in self._plan(idx.shape[0], start):
+
+        def call(i, count):
+            nonlocal state
             state, metrics = self._steps(state, data, idx, i, key, count)
+            return [metrics]
+
+        calls = self._host_loop(call, idx.shape[0], start, should_stop, progress)
+        return state, {k: np.concatenate([c[0][k] for c in calls]) for k in calls[0][0]}
+
+    def _host_loop(self, call, n, start, should_stop, progress) -> list[list[dict]]:
+        """call(i, count) for each (first row, count) of `_plan(n, start)`, each giving one
+        metrics dict per net it ran; every `check_every` steps the loop stops at a
+        non-finite loss (the caller finds the first bad step), reports progress, and stops
+        if asked. Returns what the calls gave, on the host."""
+        collected = []
+        for i, count in self._plan(n, start):
+            metrics = call(i, count)
             collected.append(metrics)
             done = i + count - start
             if done // self.check_every > (i - start) // self.check_every:
-                if not np.all(np.isfinite(np.asarray(metrics["loss"]))):
-                    break  # the caller finds the first bad step
+                if not all(np.all(np.isfinite(np.asarray(m["loss"]))) for m in metrics):
+                    break
                 if progress is not None:
                     progress(done)
                 if should_stop is not None and should_stop():
                     break
-        metrics = jax.device_get(collected)
-        return state, {k: np.concatenate([m[k] for m in metrics]) for k in metrics[0]}
+        return jax.device_get(collected)
 
     def _run_members(self, state, data, idx, key, should_stop, progress, start):
         """One program per member on its device: each call is dispatched without waiting,
@@ -527,26 +540,18 @@ class EpochRunner:
             metrics = jax.device_get([m for _, m in outs])
             stacked = {k: np.stack([m[k] for m in metrics], axis=1) for k in metrics[0]}
             return devices.stack(states), stacked
-        collected = []
-        for i, count in self._plan(idx.shape[0], start):
-            calls = []
+
+        def call(i, count):
+            out = []
             for m in members:
                 states[m], metrics = self._steps(states[m], datas[m], idxs[m], i, keys[m], count)
-                calls.append(metrics)
-            collected.append(calls)
-            done = i + count - start
-            if done // self.check_every > (i - start) // self.check_every:
-                if not all(np.all(np.isfinite(np.asarray(m["loss"]))) for m in calls):
-                    break
-                if progress is not None:
-                    progress(done)
-                if should_stop is not None and should_stop():
-                    break
-        collected = jax.device_get(collected)
-        names = collected[0][0]
+                out.append(metrics)
+            return out
+
+        calls = self._host_loop(call, idx.shape[0], start, should_stop, progress)
         metrics = {
-            k: np.concatenate([np.stack([m[k] for m in calls], axis=1) for calls in collected])
-            for k in names
+            k: np.concatenate([np.stack([m[k] for m in c], axis=1) for c in calls])
+            for k in calls[0][0]
         }
         return devices.stack(states), metrics
 
