@@ -151,6 +151,17 @@ def put_table(markdown: Path, text: str) -> None:
     readme_tables.put_block(markdown, "ladder table", text)
 
 
+def wall_cell(walls: list[float]) -> str:
+    """The runs' mean wall time in minutes, or their range where they differ by more than
+    a fifth (runs of one rung made on other machines or paths)."""
+    if not walls:
+        return "-"
+    low, high = min(walls) / 60, max(walls) / 60
+    if high > 1.2 * low:
+        return f"{low:.1f}-{high:.1f} min"
+    return f"{np.mean(walls) / 60:.1f} min"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| rung | book | ours: test accuracy | seeds | epochs | wall time / run | device |",
@@ -169,7 +180,7 @@ def table(rows: list[dict]) -> str:
                 ours += f" ± {acc.std(ddof=1):.2f} (min {acc.min():.2f}, max {acc.max():.2f})"
         seeds = ",".join(map(str, r["seeds"])) or "-"
         epochs = "/".join(map(str, r["epochs"])) or "-"
-        wall = f"{np.mean(r['wall']) / 60:.1f} min" if r["wall"] else "-"
+        wall = wall_cell(r["wall"])
         device = ", ".join(r["device"]) or "-"
         book = "-" if r["book"] is None else f"{r['book']:.2f}%"
         lines.append(f"| {r['net']} | {book} | {ours} | {seeds} | {epochs} | {wall} | {device} |")

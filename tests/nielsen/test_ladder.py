@@ -26,13 +26,16 @@ def test_the_table_reports_mean_spread_and_rungs_not_run(tmp_path):
     for seed, acc in enumerate([0.9780, 0.9790, 0.9800]):
         fake_run(tmp_path / "shallow" / f"seed={seed}", acc, wall=120.0)
     (tmp_path / "conv1" / "seed=0").mkdir(parents=True)  # unfinished: no summary
-    text = ladder.table(ladder.collect(tmp_path, ["shallow", "conv1"]))
+    for seed, wall in enumerate([1200.0, 3990.0]):  # made on machines of different speeds
+        fake_run(tmp_path / "relu" / f"seed={seed}", 0.99, wall=wall)
+    text = ladder.table(ladder.collect(tmp_path, ["shallow", "conv1", "relu"]))
     lines = text.splitlines()
     assert lines[2] == (
         "| shallow | 97.80% | 97.90% ± 0.10 (min 97.80, max 98.00) | 0,1,2 | 40 | 2.0 min "
         "| cpu x1 |"
     )
     assert lines[3] == "| conv1 | 98.78% | not run yet | - | - | - | - |"
+    assert "| 0,1 | 40 | 20.0-66.5 min | cpu x1 |" in lines[4]
 
 
 def test_the_ensemble_is_the_vote_of_the_dropout_runs(tmp_path):
