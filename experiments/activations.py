@@ -24,7 +24,7 @@ question take sigmoid to tanh in steps, tanh(z) = 2 sigmoid(2z) - 1:
 | sigmoid_sym      | 2 sigmoid(z) - 1 | 0.1  | 0      | centred, in (-1, 1): tanh(z/2)       |
 | sigmoid_rescaled | 2 sigmoid(2z) - 1| 0.1  | 0      | both: tanh itself, a check           |
 
-    python -m experiments.activations --workdir=runs/activations          # GPU: 60 epochs, 5 seeds
+    python -m experiments.activations --workdir=runs/activations          # 60 epochs, 5 seeds
     python -m experiments.activations --preset=quick --workdir=runs/activations-quick
 
 The quick preset (every variant, 2 seeds, 5,000 training images, 8 epochs = 4,000
@@ -119,7 +119,12 @@ PRESETS: dict[str, dict] = {
 # range checks and the saved config.json all derive from this list. A setting whose
 # default is None, or no values, takes the preset's value.
 SETTINGS = (
-    Setting("preset", "full", "full: the book's study (GPU); quick: CPU.", OneOf(tuple(PRESETS))),
+    Setting(
+        "preset",
+        "full",
+        "full: the book's study (a GPU, or hours on a CPU); quick: minutes on a CPU.",
+        OneOf(tuple(PRESETS)),
+    ),
     common.DATASET,
     Setting("workdir", "runs/activations", "Where the study writes."),
     Setting(

@@ -4,7 +4,7 @@
 # sigmoid can keep up with tanh (experiments/activations.py has the whole story).
 #
 #   launch/activations.sh              quick: 5,000 images, 8 epochs, 2 seeds (two CPU cores, minutes)
-#   launch/activations.sh full         the book's study: 60 epochs, 5 seeds (a GPU)
+#   launch/activations.sh full         the book's study: 60 epochs, 5 seeds (a GPU; 3 h on two CPU cores)
 #   launch/activations.sh full --variants=sigmoid,tanh --seeds=3   (other flags go to the module)
 #
 # The results go to $WORKDIR (default runs/activations-<preset>): table.md, summary.json,
