@@ -40,8 +40,8 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import common, mnist_convnet
-from launch import readme_tables
-from lib.core import data, plots
+from launch import readme_tables, vote
+from lib.core import plots
 from lib.core.errors import UserError
 from lib.nielsen import nets, train
 
@@ -81,11 +81,6 @@ def finished(root: Path, name: str) -> list[tuple[int, Path]]:
     return sorted(runs)
 
 
-def test_labels(split: str, dataset: str = "mnist") -> np.ndarray:
-    """The dataset's test labels in the order a run with this `--split` scored them."""
-    return data.load(dataset, order=split).test.labels
-
-
 def _dataset(summaries: list[dict]) -> str:
     """The one dataset of a rung's runs (runs before --dataset were MNIST's)."""
     names = {s.get("dataset", "mnist") for s in summaries}
@@ -109,7 +104,7 @@ def rung_row(name: str, runs: list[tuple[int, Path]]) -> dict:
     }
 
 
-def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
+def ensemble_row(runs: list[tuple[int, Path]], labels=vote.test_labels) -> dict:
     """The vote of the finished dropout runs that kept their test predictions, as the book
     did (five nets trained separately), with the members' own accuracies beside it."""
     voters = [(seed, f) for seed, f in runs if (f / "test_predictions.npy").exists()]
@@ -118,18 +113,7 @@ def ensemble_row(runs: list[tuple[int, Path]], labels=test_labels) -> dict:
     row["book"] = nets.RUNGS["ensemble"].book_accuracy if row["dataset"] == "mnist" else None
     row["members"], row["wall"] = row.pop("test"), []
     if voters:
-        splits = {
-            json.loads((f / "config.json").read_text()).get("split", "tfds") for _, f in voters
-        }
-        if len(splits) > 1:
-            raise UserError(
-                f"the {VOTERS} runs under {voters[0][1].parent} used different splits "
-                f"({', '.join(sorted(splits))}); their votes cannot be combined"
-            )
-        predictions = np.stack([np.load(f / "test_predictions.npy") for _, f in voters])
-        truth = labels(splits.pop(), row["dataset"])
-        votes = train.majority_vote(predictions, int(max(predictions.max(), truth.max())) + 1)
-        row["test"] = [float((votes == truth).mean())]
+        row["test"] = [vote.vote([f for _, f in voters], labels)["vote"]]
     else:
         row["test"] = []
     return row

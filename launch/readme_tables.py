@@ -121,10 +121,25 @@ def activations_table(folder: Path) -> str:
     return "The full study has not finished yet."
 
 
+def dropout_elastic_table(folder: Path) -> str:
+    """Per setting (a folder of seed=<k> runs): each seed's run, and their vote."""
+    from launch import vote  # launch.vote imports the experiments; only this table needs it
+
+    tables = []
+    for setting in sorted(p for p in Path(folder).glob("*") if p.is_dir()):
+        runs = sorted(setting.glob("seed=*"), key=lambda p: int(p.name.removeprefix("seed=")))
+        runs = [r for r in runs if (r / "summary.json").exists()]
+        if runs:
+            names = [f"{setting.name}/{run.name}" for run in runs]
+            tables.append(vote.table(runs, vote.vote(runs), names))
+    return "\n\n".join(tables) or "No run has finished yet."
+
+
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "activations: full": ("activations", activations_table),
     "autoencoders: results": ("autoencoders", autoencoders_table),
     "capsules: results": ("capsules", capsules_table),
+    "dropout_elastic: results": ("dropout_elastic", dropout_elastic_table),
 }
 
 
