@@ -319,6 +319,43 @@ def table(reports: dict, config: dict) -> str:
     return "\n".join(lines)
 
 
+# What every part of a study split over several workdirs must share to be one study;
+# the expansions and the sizes are what the parts divide between them.
+SHARED = tuple(
+    s.name
+    for s in SETTINGS
+    if s.name not in ("preset", "workdir", "expansions", "train_sizes")
+    and s not in common.PROGRAM_SETTINGS
+)
+
+
+def combine(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
+    """One study's (reports, config) from the (summary, config) of finished studies that
+    each ran some of its expansions or sizes (say, one expansion per session), with the
+    same settings otherwise; their rows and columns in the order the parts name them."""
+    if not parts:
+        raise ConfigError("no finished part of the study to combine")
+    first = parts[0][1]
+    reports: dict[str, dict] = {}
+    specs: list[str] = []
+    sizes: set[int] = set()
+    for summary, config in parts:
+        differ = [k for k in SHARED if config.get(k) != first.get(k)]
+        if differ:
+            k = differ[0]
+            raise ConfigError(
+                f"parts of the study ran with different {k} ({first.get(k)} and "
+                f"{config.get(k)}); combine parts of one study only"
+            )
+        twice = sorted(set(reports) & set(summary["runs"]))
+        if twice:
+            raise ConfigError(f"{twice[0]} was run by two parts; keep one of them")
+        reports.update(summary["runs"])
+        specs += [e for e in config["expansions"] if e not in specs]
+        sizes |= set(config["train_sizes"])
+    return reports, {**first, "expansions": specs, "train_sizes": sorted(sizes)}
+
+
 def epochs_note(config: dict) -> str:
     if config["min_steps"]:
         return f"≥{config['epochs']} epochs and ≥{config['min_steps']:,} steps"

@@ -135,11 +135,32 @@ def dropout_elastic_table(folder: Path) -> str:
     return "\n\n".join(tables) or "No run has finished yet."
 
 
+def expanded_table(folder: Path) -> str:
+    """The full expansion study, combined from its finished parts (one study each, say
+    one expansion per session): final test accuracy, mean ± standard deviation over
+    seeds, and what the parts took."""
+    from experiments import expanded_data  # defines the study's flags; only this table needs it
+
+    parts = summaries(folder)
+    if not parts:
+        return "No part of the full study has finished yet."
+    reports, config = expanded_data.combine([(summary, config) for _, summary, config in parts])
+    train_s = sum(summary["train_time_s"] for _, summary, _ in parts)
+    devices = ", ".join(sorted({summary["device"] for _, summary, _ in parts}))
+    return (
+        expanded_data.table(reports, config)
+        + f"\n\n{len(parts)} part(s) ({', '.join(name for name, _, _ in parts)}): "
+        f"{len(reports)} runs of {config['seeds']} seed(s), {expanded_data.epochs_note(config)}; "
+        f"{_time(train_s)} of training on {devices}."
+    )
+
+
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "activations: full": ("activations", activations_table),
     "autoencoders: results": ("autoencoders", autoencoders_table),
     "capsules: results": ("capsules", capsules_table),
     "dropout_elastic: results": ("dropout_elastic", dropout_elastic_table),
+    "expanded: full": ("expanded/full", expanded_table),
 }
 
 

@@ -64,3 +64,41 @@ def test_the_activation_table_is_the_finished_studys_own(tmp_path):
     write_run(folder / "full", {"wall_time_s": 60.0}, {"preset": "full"})
     (folder / "full" / "table.md").write_text("| variant |\n| --- |\n| tanh |\n")
     assert readme_tables.activations_table(folder) == "| variant |\n| --- |\n| tanh |"
+
+
+def test_the_expansion_study_table_combines_its_parts_and_refuses_other_studies(tmp_path):
+    from experiments import expanded_data
+    from lib.core import config as config_lib
+
+    def part(name, expansions, sizes, accuracy, **overrides):
+        config = config_lib.as_dict(
+            expanded_data.resolve(
+                {"preset": "full", "expansions": expansions, "train_sizes": sizes, **overrides}
+            )
+        )
+        runs = {
+            f"{e}/n{n}": {"final_test": {"mean": accuracy, "std": 0.001}}
+            for e in config["expansions"]
+            for n in sizes
+        }
+        summary = {"train_time_s": 1800.0, "device": "cpu x2", "runs": runs}
+        write_run(tmp_path / "full" / name, summary, config)
+
+    part("a_none", ["none"], [1000, 50000], 0.95)
+    part("b_fixed", ["fixed"], [1000], 0.97)
+    text = readme_tables.expanded_table(tmp_path / "full")
+    lines = text.splitlines()
+    assert lines[0] == "| expansion | 1,000 | 50,000 |"
+    assert lines[2] == "| no expansion | 95.00 ± 0.10% | 95.00 ± 0.10% |"
+    assert lines[3] == "| one-pixel shifts (5x) | 97.00 ± 0.10% | - |"
+    assert lines[-1] == (
+        "2 part(s) (a_none, b_fixed): 3 runs of 3 seed(s), 60 epochs; 60 min of training on cpu x2."
+    )
+    part("c_elastic", ["elastic"], [1000], 0.97, elastic_alpha=8.0)
+    with pytest.raises(UserError, match="different elastic_alpha"):
+        readme_tables.expanded_table(tmp_path / "full")
+    shutil.rmtree(tmp_path / "full" / "c_elastic")
+    part("c_again", ["none"], [1000], 0.95)
+    with pytest.raises(UserError, match="none/n1000 was run by two parts"):
+        readme_tables.expanded_table(tmp_path / "full")
+    assert "No part" in readme_tables.expanded_table(tmp_path / "nothing")
