@@ -332,7 +332,8 @@ SHARED = tuple(
 def combine(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
     """One study's (reports, config) from the (summary, config) of finished studies that
     each ran some of its expansions or sizes (say, one expansion per session), with the
-    same settings otherwise; their rows and columns in the order the parts name them."""
+    same settings otherwise: the rows in the preset's order of expansions, the columns by
+    size."""
     if not parts:
         raise ConfigError("no finished part of the study to combine")
     first = parts[0][1]
@@ -353,6 +354,8 @@ def combine(parts: list[tuple[dict, dict]]) -> tuple[dict, dict]:
         reports.update(summary["runs"])
         specs += [e for e in config["expansions"] if e not in specs]
         sizes |= set(config["train_sizes"])
+    order = PRESETS[first["preset"]]["expansions"]  # the preset's own, then the others
+    specs.sort(key=lambda e: order.index(e) if e in order else len(order))
     return reports, {**first, "expansions": specs, "train_sizes": sorted(sizes)}
 
 
