@@ -365,7 +365,29 @@ def epochs_note(config: dict) -> str:
     return f"{config['epochs']} epochs"
 
 
-def write_outputs(root: Path, config: dict, results: dict) -> None:
+def size_figure(reports: dict, config: dict, path: str | Path) -> None:
+    """Final test accuracy against training images, a line per expansion, from the
+    runs' reports (those that finished)."""
+    series = []
+    for spec in config["expansions"]:
+        done = sorted(
+            (r["train_size"], r["final_test_per_seed"])
+            for r in reports.values()
+            if r["expansion"] == spec and "final_test_per_seed" in r
+        )
+        if done:
+            series.append((label(spec, config), [n for n, _ in done], [a for _, a in done]))
+    seeds = config["seeds"]
+    studies.accuracy_vs_size(
+        series,
+        path,
+        f"MNIST, {config['net']} net, {epochs_note(config)}, "
+        + (f"{seeds} seeds (bars: min to max)" if seeds > 1 else "1 seed"),
+        ylabel="test accuracy after the last epoch (%)",
+    )
+
+
+def write_outputs(root: Path, config: dict, results: dict, reports: dict) -> None:
     """The study's metrics.jsonl and figure from the runs finished so far."""
     lines = []
     for key, (spec, n, result) in results.items():
@@ -374,19 +396,7 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
     tmp = path.with_name(".metrics.jsonl.tmp")
     tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
     os.replace(tmp, path)
-    series = []
-    for spec in config["expansions"]:
-        done = [(n, r.final_test) for s, n, r in results.values() if s == spec]
-        if done:
-            series.append((label(spec, config), [n for n, _ in done], [a for _, a in done]))
-    seeds = config["seeds"]
-    studies.accuracy_vs_size(
-        series,
-        root / "more_data.png",
-        f"MNIST, {config['net']} net, {epochs_note(config)}, "
-        + (f"{seeds} seeds (bars: min to max)" if seeds > 1 else "1 seed"),
-        ylabel="test accuracy after the last epoch (%)",
-    )
+    size_figure(reports, config, root / "more_data.png")
 
 
 def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
@@ -462,7 +472,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
                 results[key] = (spec, n, result)
                 reports[key] = run_report(spec, n, result, config)
                 write_json(root / spec / f"n{n}" / "summary.json", reports[key])
-                write_outputs(root, config, results)
+                write_outputs(root, config, results, reports)
             if not finished:
                 break
 

@@ -6,9 +6,10 @@ results/ (never typed by hand), between markers such as
     <!-- /autoencoders -->
 
     python -m launch.readme_tables                       # every table into README.md
-    python -m launch.readme_tables --readme=/tmp/R.md --results=results
+    python -m launch.readme_tables --readme=/tmp/R.md --results=results --docs=/tmp
 
-A table lists the finished runs there are; a topic with none says so.
+A table lists the finished runs there are; a topic with none says so. The full expansion
+study's table also shows a figure, drawn into --docs from the same files.
 """
 
 from __future__ import annotations
@@ -135,24 +136,47 @@ def dropout_elastic_table(folder: Path) -> str:
     return "\n\n".join(tables) or "No run has finished yet."
 
 
-def expanded_table(folder: Path) -> str:
-    """The full expansion study, combined from its finished parts (one study each, say
-    one expansion per session): final test accuracy, mean ± standard deviation over
-    seeds, and what the parts took."""
-    from experiments import expanded_data  # defines the study's flags; only this table needs it
+EXPANDED_FIGURE = "more_data_full.png"  # drawn into the docs folder, shown under the table
+
+
+def expanded_parts(folder: Path) -> tuple[list, dict, dict]:
+    """The finished parts of the full expansion study under `folder` (one study each, say
+    one expansion per session), and their combined (reports, config)."""
+    from experiments import expanded_data  # defines the study's flags; only this needs it
 
     parts = summaries(folder)
     if not parts:
-        return "No part of the full study has finished yet."
+        return [], {}, {}
     reports, config = expanded_data.combine([(summary, config) for _, summary, config in parts])
+    return parts, reports, config
+
+
+def expanded_table(folder: Path) -> str:
+    """The full expansion study, combined from its finished parts: final test accuracy,
+    mean ± standard deviation over seeds, what the parts took, and the figure."""
+    from experiments import expanded_data
+
+    parts, reports, config = expanded_parts(folder)
+    if not parts:
+        return "No part of the full study has finished yet."
     train_s = sum(summary["train_time_s"] for _, summary, _ in parts)
     devices = ", ".join(sorted({summary["device"] for _, summary, _ in parts}))
     return (
         expanded_data.table(reports, config)
         + f"\n\n{len(parts)} part(s) ({', '.join(name for name, _, _ in parts)}): "
         f"{len(reports)} runs of {config['seeds']} seed(s), {expanded_data.epochs_note(config)}; "
-        f"{_time(train_s)} of training on {devices}."
+        f"{_time(train_s)} of training on {devices}.\n\n"
+        f"![test accuracy against training images, the full study](docs/{EXPANDED_FIGURE})"
     )
+
+
+def expanded_figure(folder: Path, docs: Path) -> None:
+    """The combined parts' accuracy against training images, as docs/EXPANDED_FIGURE."""
+    from experiments import expanded_data
+
+    parts, reports, config = expanded_parts(folder)
+    if parts:
+        expanded_data.size_figure(reports, config, Path(docs) / EXPANDED_FIGURE)
 
 
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
@@ -164,16 +188,19 @@ TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
 }
 
 
-def write_all(results: Path, readme: Path) -> None:
+def write_all(results: Path, readme: Path, docs: Path | None = None) -> None:
+    """Every table into `readme`, and with `docs`, the figures the tables show."""
     for block, (topic, table) in TABLES.items():
         put_block(readme, block, table(Path(results) / topic))
+    if docs is not None:
+        expanded_figure(Path(results) / "expanded" / "full", Path(docs))
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected argument '{argv[1]}'")
     try:
-        write_all(Path(FLAGS.results), Path(FLAGS.readme))
+        write_all(Path(FLAGS.results), Path(FLAGS.readme), Path(FLAGS.docs))
     except (UserError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -183,4 +210,5 @@ def main(argv):
 if __name__ == "__main__":  # flags of the command only: launch.ladder imports put_block
     flags.DEFINE_string("results", "results", "Folder of the runs' small files, one per topic.")
     flags.DEFINE_string("readme", "README.md", "The markdown file whose tables are rewritten.")
+    flags.DEFINE_string("docs", "docs", "Where the figures the tables show are drawn.")
     app.run(main)

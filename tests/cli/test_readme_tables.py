@@ -77,7 +77,12 @@ def test_the_expansion_study_table_combines_its_parts_and_refuses_other_studies(
             )
         )
         runs = {
-            f"{e}/n{n}": {"final_test": {"mean": accuracy, "std": 0.001}}
+            f"{e}/n{n}": {
+                "expansion": e,
+                "train_size": n,
+                "final_test": {"mean": accuracy, "std": 0.001},
+                "final_test_per_seed": [accuracy - 0.001, accuracy, accuracy + 0.001],
+            }
             for e in config["expansions"]
             for n in sizes
         }
@@ -91,9 +96,12 @@ def test_the_expansion_study_table_combines_its_parts_and_refuses_other_studies(
     assert lines[0] == "| expansion | 1,000 | 50,000 |"
     assert lines[2] == "| no expansion | 95.00 ± 0.10% | 95.00 ± 0.10% |"
     assert lines[3] == "| one-pixel shifts (5x) | 97.00 ± 0.10% | - |"
-    assert lines[-1] == (
+    assert lines[-3] == (
         "2 part(s) (a_fixed, b_none): 3 runs of 3 seed(s), 60 epochs; 60 min of training on cpu x2."
     )
+    assert lines[-1].endswith(f"(docs/{readme_tables.EXPANDED_FIGURE})")
+    readme_tables.expanded_figure(tmp_path / "full", tmp_path)
+    assert (tmp_path / readme_tables.EXPANDED_FIGURE).stat().st_size > 10_000
     part("c_elastic", ["elastic"], [1000], 0.97, elastic_alpha=8.0)
     with pytest.raises(UserError, match="different elastic_alpha"):
         readme_tables.expanded_table(tmp_path / "full")
