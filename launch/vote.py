@@ -27,6 +27,7 @@ from lib.core import data
 from lib.core.errors import UserError
 from lib.nielsen import train
 
+FLAGS = flags.FLAGS
 PREDICTIONS = "test_predictions.npy"
 
 
@@ -117,8 +118,6 @@ def main(argv):
     except UserError as e:
         common.fail(str(e))
 
-
-FLAGS = flags.FLAGS
 
 if __name__ == "__main__":  # flags of the command only: launch.ladder imports vote
     flags.DEFINE_list("runs", None, "Finished runs' folders (globs allowed), comma-separated.")
