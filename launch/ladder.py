@@ -107,7 +107,7 @@ def rung_row(name: str, runs: list[tuple[int, Path]]) -> dict:
 def ensemble_row(runs: list[tuple[int, Path]], labels=vote.test_labels) -> dict:
     """The vote of the finished dropout runs that kept their test predictions, as the book
     did (five nets trained separately), with the members' own accuracies beside it."""
-    voters = [(seed, f) for seed, f in runs if (f / "test_predictions.npy").exists()]
+    voters = [(seed, f) for seed, f in runs if (f / vote.PREDICTIONS).exists()]
     row = rung_row(VOTERS, voters)
     row["net"] = "ensemble"
     row["book"] = nets.RUNGS["ensemble"].book_accuracy if row["dataset"] == "mnist" else None

@@ -78,10 +78,10 @@ def vote(folders: list[Path], labels=test_labels) -> dict:
             f"set has {truth.shape[0]} images: vote runs scored on the whole test set"
         )
     predictions = np.stack(members)
-    votes = train.majority_vote(predictions, int(max(predictions.max(), truth.max())) + 1)
+    scored = train.accuracies(predictions, truth, int(max(predictions.max(), truth.max())) + 1)
     return {
-        "members": [float((m == truth).mean()) for m in predictions],
-        "vote": float((votes == truth).mean()),
+        "members": scored["member_accuracy"],
+        "vote": scored["accuracy"],
         "dataset": dataset,
         "split": split,
     }
