@@ -344,7 +344,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
                     f"resuming at step {info['resumed_step']}" if info["resumed_step"] else "start"
                 )
                 say(
-                    f"{label}: {config['seeds']} seeds as one program, {len(splits.train):,} "
+                    f"{label}: {config['seeds']} seeds side by side, {len(splits.train):,} "
                     f"images, {info['steps_per_epoch']} steps/epoch, {info['driver']} driver; "
                     f"{what}",
                     flush=True,

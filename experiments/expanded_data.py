@@ -436,7 +436,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
                         else "start"
                     )
                     say(
-                        f"{key}: {config['net']} net, {config['seeds']} seed(s) as one program, "
+                        f"{key}: {config['net']} net, {config['seeds']} seed(s) side by side, "
                         f"{info['steps_per_epoch']} steps/epoch, {info['driver']} driver; {what}",
                         flush=True,
                     )

@@ -96,9 +96,7 @@ SETTINGS = (
     Setting(
         "expanded", None, "Train on the 5x one-pixel-shift set; default: the rung's.", kind=bool
     ),
-    Setting(
-        "ensemble", None, "Nets trained as one program, scored by majority vote.", AT_LEAST_1, int
-    ),
+    Setting("ensemble", None, "Nets trained together, scored by majority vote.", AT_LEAST_1, int),
     Setting(
         "max_shift", 0, "Random shifts of up to k pixels per training image.", Range(0, 13)
     ),  # past half the image, no digit is left to see

@@ -56,7 +56,7 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "constant"
     seed: int = 0
-    ensemble: int = 1  # K nets as one program; member m trains as seed + m would
+    ensemble: int = 1  # K nets together (ensemble_layout); member m trains as seed + m would
     ensemble_layout: str = "auto"  # "vmap", "unrolled", or "auto" (see ensemble_step)
     expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
     augment: Any = None  # a lib.nielsen.augment.AugmentConfig applied to every training batch
@@ -144,6 +144,14 @@ def resolve_layout(layout: str, data_parallel: bool = False) -> str:
             return "vmap"
         return "devices" if len(jax.local_devices()) > 1 and not data_parallel else "unrolled"
     return layout
+
+
+def devices_used(mesh_size: int, layout: str, members: int) -> int:
+    """How many devices a run trains on: its mesh's, or, for the devices layout, one per
+    member up to the local devices (member m runs on device m mod their count)."""
+    if members > 1 and layout == "devices":
+        return min(members, len(jax.local_devices()))
+    return mesh_size
 
 
 def virtual_train_size(n: int, config: TrainConfig) -> int:
@@ -869,7 +877,7 @@ def train_and_evaluate(
         "examples_per_s": float(np.median([h["examples_per_s"] for h in history]))
         if history
         else None,
-        "device": f"{jax.devices()[0].device_kind} x{mesh.size}",
+        "device": f"{jax.devices()[0].device_kind} x{devices_used(mesh.size, layout, members)}",
         "params": count_params(state.params) // members,
     }
     if "test_member_accuracy" in best:

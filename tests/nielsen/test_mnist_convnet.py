@@ -148,6 +148,8 @@ def test_ensemble_trains_members_as_one_program(mnist_small, tmp_path):
     members = summary["test_member_accuracy"]
     assert len(members) == 3 and len(set(members)) > 1  # different seeds, different nets
     assert summary["test_accuracy"] >= min(members)
+    # eight CPU devices: the auto layout puts each member on a device of its own
+    assert train.resolve_layout("auto") == "devices" and summary["device"].endswith(" x3")
 
 
 def fit_members(splits, seed, members, workdir, layout="auto"):
