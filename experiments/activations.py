@@ -8,11 +8,12 @@ the book reports that tanh (eta 0.1) trains a little faster than sigmoid and end
 about the same, and asks whether sigmoid could keep up with tanh if its learning
 rate were changed or the function rescaled, since sigmoid(z) = (1 + tanh(z/2)) / 2.
 
-Each variant below trains its seeds as one vmapped program (member m is exactly
-the lone run with seed + m) in WORKDIR/<variant>/, which resumes from its own
-checkpoints; variants given after those of an earlier run in the same workdir are
-trained next to the finished ones, which are kept. The variants that answer the open
-question take sigmoid to tanh in steps, tanh(z) = 2 sigmoid(2z) - 1:
+Each variant below trains its seeds side by side (vmapped into one program on
+accelerators, one per core on a CPU; member m is exactly the lone run with seed + m)
+in WORKDIR/<variant>/, which resumes from its own checkpoints; variants given after
+those of an earlier run in the same workdir are trained next to the finished ones,
+which are kept. The variants that answer the open question take sigmoid to tanh in
+steps, tanh(z) = 2 sigmoid(2z) - 1:
 
 | variant          | units            | eta  | lambda | what it changes                      |
 | ---------------- | ---------------- | ---- | ------ | ------------------------------------ |
@@ -213,9 +214,11 @@ def train_variant(
     hooks: train_lib.Hooks | None = None,
     should_stop=None,
 ) -> studies.VariantResult:
-    """One variant's seeds as one vmapped program in `workdir` (resuming there).
+    """One variant's seeds, side by side (vmapped into one program on accelerators, one
+    per core on a CPU), in `workdir` (resuming there).
 
-    `config` needs epochs, batch_size, seed, seeds, eval_batch_size, driver, num_devices.
+    `config` needs epochs, batch_size, seed, seeds, eval_batch_size, driver,
+    ensemble_layout, num_devices.
     """
     model = nets.create(
         NET, activation=VARIANTS[name].activation, num_classes=data_lib.num_classes(splits)

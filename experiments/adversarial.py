@@ -8,9 +8,12 @@ noise to a person and are classified with near certainty. The attacks are
 `lib.adversarial.attacks`'s; this module aims them at finished runs of
 `experiments.mnist_convnet`:
 
-    python -m experiments.adversarial --targets=runs/main --workdir=runs/adversarial
+    python -m experiments.adversarial --targets=runs/ladder/relu/seed=0 \\
+        --workdir=runs/adversarial
     python -m experiments.adversarial \\
-        --targets=runs/ladder/shallow/seed=0,runs/ladder/conv2/seed=0,runs/main
+        --targets=runs/ladder/shallow/seed=0,runs/ladder/conv2/seed=0,runs/ladder/relu/seed=0
+
+Each target is a single net (a run with --ensemble=1, as the ladder's are).
 
 With no --targets it trains its own (the relu rung, 8 epochs of the quick recipe in
 `QUICK_RECIPE`) in
@@ -44,7 +47,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import ConfigDict
 
@@ -53,9 +55,11 @@ from lib.adversarial import attacks as adversarial
 from lib.adversarial import training as adversarial_training
 from lib.core import config as config_lib
 from lib.core import data, metrics, plots
+from lib.core.checkpoint import Checkpointer
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
 from lib.core.errors import UserError
 from lib.nielsen import nets
+from lib.nielsen import train as train_lib
 
 FLAGS = flags.FLAGS
 
@@ -121,7 +125,7 @@ def get_config() -> ConfigDict:
 
 
 class Target:
-    """A finished run's network, its last saved parameters and its name."""
+    """A finished run's network, its last intact saved parameters, its classes and its name."""
 
     def __init__(self, workdir: str | Path):
         self.workdir = Path(workdir)
@@ -137,32 +141,71 @@ class Target:
                 f"{self.workdir} holds an unfinished run (no summary.json); finish it first: "
                 f"python -m experiments.mnist_convnet --workdir={self.workdir} resumes it"
             )
-        self.config = json.loads(config_file.read_text())
-        if self.config.get("net") not in nets.RUNGS or self.config.get("ensemble", 1) != 1:
+        self.config = config = json.loads(config_file.read_text())
+        if config.get("net") not in nets.RUNGS or config.get("ensemble", 1) != 1:
             raise UserError(
-                f"{self.workdir} is not a single net of the ladder (net "
-                f"{self.config.get('net')}, ensemble {self.config.get('ensemble')})"
+                f"{self.workdir} is not a single net of the ladder (net {config.get('net')}, "
+                f"ensemble {config.get('ensemble')}): attack a run trained with --ensemble=1, "
+                f"such as a ladder run (runs/ladder/relu/seed=0)"
             )
-        self.name = self.config["net"]
-        trained_on = self.config.get("adversarial_training", "none")
+        self.name = config["net"]
+        trained_on = config.get("adversarial_training", "none")
         if trained_on != "none":
-            self.name += f", {trained_on.upper()}-trained (eps {self.config['adversarial_eps']:g})"
+            self.name += f", {trained_on.upper()}-trained (eps {config['adversarial_eps']:g})"
+        # The net as the run built it: its classes and image shape are its data's.
+        self.num_classes, image_shape = _classes_and_shape(config)
         self.model = nets.create(
-            self.config["net"],
-            activation=self.config["activation"],
-            dropout=self.config["dropout"],
-            weight_init=self.config["init"],
+            config["net"],
+            activation=config["activation"],
+            dropout=config["dropout"],
+            weight_init=config["init"],
+        ).clone(num_classes=self.num_classes)
+        # The train state as the run saved it (lib.nielsen.train.train_and_evaluate), in
+        # shapes only; the optimizer's settings shape its state, not its numbers.
+        optimizer = train_lib.make_optimizer(
+            config.get("optimizer", "sgd"),
+            1.0,
+            config.get("momentum", 0.9),
+            config.get("schedule", "constant"),
+            total_steps=1,
         )
-        manager = ocp.CheckpointManager(checkpoints.absolute())
-        step = manager.latest_step()
-        if step is None:
-            raise UserError(f"{checkpoints} holds no checkpoint; train the run first")
-        saved = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-        manager.close()
+        shapes = jax.eval_shape(
+            lambda: train_lib.init_state(
+                self.model, optimizer, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape))
+            )
+        )
         # On the default device, as every other array of the study, whatever sharding the
         # checkpoint was written with: inputs of one placement keep one compiled program.
-        self.params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), saved.state["params"])
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state_like = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), shapes
+        )
+        saved = Checkpointer(checkpoints)
+        try:
+            restored = saved.restore_latest(state_like)  # the newest intact step
+        finally:
+            saved.close()
+        if restored is None:
+            raise UserError(f"{checkpoints} holds no checkpoint; train the run first")
+        self.params = restored.state.params
+        # One line on damaged newer steps passed over, or None.
+        damaged = "; ".join(f"step {step} ({why})" for step, why in restored.skipped)
+        self.checkpoint_notice = (
+            f"damaged checkpoints passed over: {damaged}; attacking step {restored.step}"
+            if damaged
+            else None
+        )
         self.apply = NetApply(self.model)
+
+
+def _classes_and_shape(config: Mapping[str, Any]) -> tuple[int, tuple[int, ...]]:
+    """The classes and image shape of the images a run of experiments.mnist_convnet with
+    `config` trained on, found as the run found them."""
+    dataset, order = config.get("dataset", "mnist"), config.get("split", "book")
+    splits = common.scored_subsets(
+        data.load(dataset, config.get("train_size"), order=order), config
+    )
+    return data.num_classes(splits), splits.train.images.shape[1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,8 +251,9 @@ def attack(target: Target, test: data.Split, config: dict, say) -> tuple[dict, d
             f"PGD {100 * out['pgd'][str(eps)]:.1f}%  ({time.perf_counter() - started:.0f} s)",
             flush=True,
         )
-    n = config["distortion_size"]
-    wrong = (test.labels[:n] + jax.random.randint(jax.random.fold_in(key, 2), (n,), 1, 10)) % 10
+    n, classes = config["distortion_size"], target.num_classes
+    shift = jax.random.randint(jax.random.fold_in(key, 2), (n,), 1, classes)
+    wrong = (test.labels[:n] + shift) % classes
     x_min, found = adversarial.minimum_distortion(
         apply, params, x[:n], jnp.asarray(wrong), iterations=config["lbfgs_iterations"]
     )
@@ -221,8 +265,8 @@ def attack(target: Target, test: data.Split, config: dict, say) -> tuple[dict, d
     }
     mean = "none found" if not len(rms) else f"{rms.mean():.4f} RMS per pixel"
     say(f"  {target.name}: minimum distortion {mean} (found for {len(rms)}/{n})", flush=True)
-    noise = jax.random.uniform(jax.random.fold_in(key, 3), (10, *x.shape[1:]))
-    fooling, confidence = adversarial.fooling_images(apply, params, noise, jnp.arange(10))
+    noise = jax.random.uniform(jax.random.fold_in(key, 3), (classes, *x.shape[1:]))
+    fooling, confidence = adversarial.fooling_images(apply, params, noise, jnp.arange(classes))
     out["fooling_confidence"] = [float(c) for c in confidence]
     say(f"  {target.name}: fooling images, least confident {min(confidence):.5f}", flush=True)
     eps = config["transfer_eps"]
@@ -299,10 +343,12 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
     return config_lib.resolve(get_config(), overrides, SETTINGS)
 
 
-def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
     """Attack every target (the given settings over the defaults); returns the summary
-    (also written to WORKDIR/summary.json)."""
-    config = config_lib.as_dict(resolve(overrides))
+    (also written to WORKDIR/summary.json). `workdir` wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
     if config["distortion_size"] > config["test_size"]:
         raise UserError(
             f"--distortion_size={config['distortion_size']} must be at most --test_size="
@@ -363,6 +409,8 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
             say(f"{target.name}: done before, kept in {done}", flush=True)
             continue
         say(f"{target.name} ({target.workdir}):", flush=True)
+        if target.checkpoint_notice:
+            say(f"  {target.checkpoint_notice}", flush=True)
         results[target.name], pictures[target.name] = attack(target, test, config, say)
         metrics.write_json(done, results[target.name])
     summary = {

@@ -69,6 +69,11 @@ MODELS = ("capsnet", "baseline")
 PAPER_ERROR = {"baseline": 0.39, (1, False): 0.34, (1, True): 0.29, (3, False): 0.35,
                (3, True): 0.25}  # fmt: skip
 
+# The order of the images (lib.core.data.load's): the book's split. config.json records it
+# as "split", as experiments.mnist_convnet does, so that launch.vote knows the order of
+# the test predictions.
+SPLIT = "book"
+
 # The test digits distorted as no training image is, for the robustness scores.
 ROTATION_DEGREES, SHEAR = 20.0, 0.3
 
@@ -164,6 +169,7 @@ def resolve(overrides: Mapping[str, Any]) -> ConfigDict:
         config.reconstruction_weight = None
     where = "runs/capsules" if config.dataset == "mnist" else f"runs/{config.dataset}/capsules"
     config.workdir = config.workdir or f"{where}/{run_name(config)}"
+    config.split = SPLIT
     return config
 
 
@@ -225,7 +231,7 @@ def _accuracy(predicted: np.ndarray, split: data_lib.Split) -> float:
 def _run(config: dict, root: Path, verbose: bool) -> dict:
     say = print if verbose else (lambda *a, **k: None)
     started = time.perf_counter()
-    splits = data_lib.load(config["dataset"], config["train_size"], order="book")
+    splits = data_lib.load(config["dataset"], config["train_size"], order=config["split"])
     n_eval = config["eval_size"] or len(splits.test)
     validation, test = splits.validation.take(n_eval), splits.test.take(n_eval)
     writer = metrics.MetricsWriter(root)

@@ -415,15 +415,18 @@ def check_mode(config: dict, names: list[str], say: Callable[..., None]) -> dict
     return {"checks": results, "passed": not failed}
 
 
-def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
     """The chapter, or the gradient checks when the check setting names models, with the
-    given settings (or a whole config) over the defaults (`resolve`)."""
-    config = config_lib.as_dict(resolve(overrides))
+    given settings (or a whole config) over the defaults (`resolve`);
+    `workdir` wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
     names = resolve_check_names(config["check"]) if config["check"] else []
     default_workdir = "runs/circuits_check" if config["check"] else "runs/circuits"
     config = {**config, "workdir": config["workdir"] or default_workdir}
-    workdir = prepare_workdir(config["workdir"])
-    write_json(workdir / "config.json", config)
+    root = prepare_workdir(config["workdir"])
+    write_json(root / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
     if config["check"]:
         from lib.core.errors import DataError
@@ -434,8 +437,8 @@ def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
             raise UserError(str(e)) from None
     else:
         summary = chapter(config, say)
-    write_json(workdir / "summary.json", summary)
-    say(f"\nwrote {workdir / 'summary.json'}")
+    write_json(root / "summary.json", summary)
+    say(f"\nwrote {root / 'summary.json'}")
     return summary
 
 

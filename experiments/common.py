@@ -10,6 +10,7 @@ from typing import Any
 
 from absl import flags, logging
 
+from lib.core import data as data_lib
 from lib.core import metrics
 
 # Ranges are lib.core.config's; the experiments name them through this module.
@@ -21,7 +22,6 @@ from lib.core.config import (  # noqa: F401
     OneOf,
     Range,
     Setting,
-    check_values,
 )
 from lib.core.errors import ConfigError, DivergedError, UserError
 from lib.nielsen import DRIVERS, LAYOUTS
@@ -57,9 +57,9 @@ PROGRAM_DEFAULTS = {s.name: s.default for s in PROGRAM_SETTINGS}
 DATASET = Setting(
     "dataset",
     "mnist",
-    "TFDS image classification dataset: mnist, or fashion_mnist, kmnist, emnist/digits, "
-    "cifar10 or another of small images (the nets infer its shape; its last 10,000 "
-    "training images validate).",
+    f"TFDS image classification dataset: {data_lib.DATASETS[0]}, or "
+    f"{', '.join(data_lib.DATASETS[1:])} or another of small images (the nets infer its "
+    "shape; its last 10,000 training images validate).",
 )
 
 
@@ -95,7 +95,7 @@ def study_seeds(each: str) -> Setting:
     return Setting(
         "seeds",
         None,
-        f"Seeds per {each}, trained as one vmapped program; default: the preset's.",
+        f"Seeds per {each}, trained side by side (see --ensemble_layout); default: the preset's.",
         AT_LEAST_1,
         int,
     )
@@ -115,9 +115,7 @@ def training_images(config: Mapping, sizes: Iterable[str] = ("train_size",)) -> 
     """The training images of config["dataset"] (None when it is not prepared here yet,
     for loading it to say how), after a ConfigError if a setting in `sizes` (a number or
     a list of them) asks for more."""
-    from lib.core import data
-
-    available = data.training_size(config["dataset"])
+    available = data_lib.training_size(config["dataset"])
     for name in sizes:
         value = config[name]
         for n in value if isinstance(value, (list, tuple)) else [value]:
@@ -127,16 +125,6 @@ def training_images(config: Mapping, sizes: Iterable[str] = ("train_size",)) -> 
                     f"{config['dataset']}"
                 )
     return available
-
-
-# The program settings' ranges; each experiment checks them with its own (check_ranges).
-PROGRAM_RANGES = {s.name: s.valid for s in PROGRAM_SETTINGS if isinstance(s.valid, Range)}
-
-
-def check_ranges(config: Mapping, ranges: Mapping[str, Range]) -> None:
-    """ConfigError naming every setting of `config` outside its range (a list's values are
-    checked one by one), before a run does any work or writes any file."""
-    check_values(config, ranges, prefix="--")
 
 
 def setting_kind(setting: Setting) -> type:
@@ -160,7 +148,7 @@ def define_setting_flags(settings: Iterable[Setting]) -> None:
     caller = sys.argv[0] if caller == "__main__" else caller
     for s in settings:
         # absl shows a flag's default itself; None means what the help says.
-        help_text = s.help
+        help_text = s.help if not isinstance(s.valid, Range) else f"{s.help} ({s.valid})"
         kind, default = setting_kind(s), s.default
         if isinstance(default, tuple):  # a list; its values are checked with the config
             flags.DEFINE_list(s.name, list(map(str, default)), help_text, **own)
@@ -175,11 +163,6 @@ def define_setting_flags(settings: Iterable[Setting]) -> None:
         else:
             flags.DEFINE_string(s.name, default, help_text, **own)
         FLAGS.register_key_flag_for_module(caller, FLAGS[s.name])
-
-
-def define_program_flags() -> None:
-    """Define the PROGRAM_SETTINGS flags (several experiments may, in one process)."""
-    define_setting_flags(PROGRAM_SETTINGS)
 
 
 def given_settings(settings: Iterable[Setting]) -> dict[str, Any]:

@@ -20,8 +20,9 @@ switched on alone or combined with others by joining names with '+':
 
 The random ones draw a fresh distortion for every image at every step, so an
 epoch (one pass over the N images, 5N with `fixed`) never repeats an image.
-Each (expansion, training-set size) pair trains its seeds as one vmapped program
-in WORKDIR/<expansion>/n<size>/, which resumes from its own checkpoints.
+Each (expansion, training-set size) pair trains its seeds side by side (vmapped into
+one program on accelerators, one per core on a CPU) in WORKDIR/<expansion>/n<size>/,
+which resumes from its own checkpoints.
 
     python -m experiments.expanded_data --workdir=runs/expanded                 # GPU
     python -m experiments.expanded_data --preset=quick --workdir=runs/expanded-quick
@@ -381,7 +382,7 @@ def size_figure(reports: dict, config: dict, path: str | Path) -> None:
     studies.accuracy_vs_size(
         series,
         path,
-        f"MNIST, {config['net']} net, {epochs_note(config)}, "
+        f"{config['dataset']}, {config['net']} net, {epochs_note(config)}, "
         + (f"{seeds} seeds (bars: min to max)" if seeds > 1 else "1 seed"),
         ylabel="test accuracy after the last epoch (%)",
     )

@@ -360,24 +360,27 @@ def mnist_svms(config: dict, workdir: Path, say: Callable[..., None]) -> dict:
     return results
 
 
-def run(overrides: Mapping[str, Any], verbose: bool = True) -> dict:
+def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool = True) -> dict:
     """The toy models, their plot, and (unless the mnist setting is off) the MNIST SVMs,
-    with the given settings (or a whole config) over the defaults (`resolve`)."""
-    config = config_lib.as_dict(resolve(overrides))
-    workdir = prepare_workdir(config["workdir"])
-    write_json(workdir / "config.json", config)
+    with the given settings (or a whole config) over the defaults (`resolve`);
+    `workdir` wins over overrides["workdir"]."""
+    config = config_lib.as_dict(
+        resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
+    )
+    root = prepare_workdir(config["workdir"])
+    write_json(root / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
     started = time.perf_counter()
     with jax.enable_x64(True):  # the toy models in float64, so the two SVMs agree exactly
         summary, models = toy(config, say)
-        plot_boundaries(models, workdir / "toy_boundaries.png")
-    say(f"\nwrote {workdir / 'toy_boundaries.png'}")
+        plot_boundaries(models, root / "toy_boundaries.png")
+    say(f"\nwrote {root / 'toy_boundaries.png'}")
     if config["mnist"]:
-        summary["mnist"] = mnist_svms(config, workdir, say)
+        summary["mnist"] = mnist_svms(config, root, say)
     summary["wall_time_s"] = time.perf_counter() - started
     summary["device"] = str(jax.devices()[0].device_kind)
-    write_json(workdir / "summary.json", summary)
-    say(f"wrote {workdir / 'summary.json'} ({summary['wall_time_s']:.0f} s in all)")
+    write_json(root / "summary.json", summary)
+    say(f"wrote {root / 'summary.json'} ({summary['wall_time_s']:.0f} s in all)")
     return summary
 
 

@@ -14,6 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORKDIR=${WORKDIR:-runs/adversarial}
+PYTHON=${PYTHON:-python}
 STUDY=${STUDY:-training,rungs}
 EPOCHS=${EPOCHS:-8}
 # The quick recipe (experiments.adversarial.QUICK_RECIPE), for every rung (the ladder's own runs keep the book's).
@@ -31,9 +32,9 @@ if [[ ,$STUDY, == *,training,* ]]; then
   # 0 over the first 2 epochs (from the full budget at once the book's small ReLU net
   # stays at chance); then the three attacked, Szegedy's search cut to 20 images.
   T=$WORKDIR/training
-  python -m experiments.adversarial --train=none,fgsm,pgd --target_epochs="$EPOCHS" \
+  "$PYTHON" -m experiments.adversarial --train=none,fgsm,pgd --target_epochs="$EPOCHS" \
     --adversarial_steps=3 --adversarial_warmup=2 --workdir="$T"
-  python -m experiments.adversarial --targets="$T/target,$T/target-fgsm,$T/target-pgd" \
+  "$PYTHON" -m experiments.adversarial --targets="$T/target,$T/target-fgsm,$T/target-pgd" \
     --distortion_size=20 --lbfgs_iterations=20 --workdir="$WORKDIR/trained"
   keep trained
 fi
@@ -47,11 +48,11 @@ if [[ ,$STUDY, == *,rungs,* ]]; then
     # The dropout rung trains on the book's 5x expanded set: a fifth of the epochs.
     epochs=$EPOCHS
     [[ $net == dropout ]] && epochs=$(((EPOCHS + 4) / 5))
-    python -m experiments.mnist_convnet --net="$net" --epochs="$epochs" "${RECIPE[@]}" \
+    "$PYTHON" -m experiments.mnist_convnet --net="$net" --epochs="$epochs" "${RECIPE[@]}" \
       --workdir="$workdir"
     targets+=("$workdir")
   done
-  python -m experiments.adversarial --targets="$(IFS=,; echo "${targets[*]}")" \
+  "$PYTHON" -m experiments.adversarial --targets="$(IFS=,; echo "${targets[*]}")" \
     --workdir="$WORKDIR/rungs"
   keep rungs
 fi

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The autoencoder study at the papers' settings, one workdir per model under
 # runs/autoencoders/ (WORKDIR overrides the root). Each run resumes from its checkpoints
-# (during pretraining at the right RBM and step), and a finished one is only re-read, so
-# running this again goes on from wherever it stopped. Each finished run's small files
-# (config.json, summary.json, metrics.jsonl) are copied to results/autoencoders/<name>/.
+# (during pretraining at the right RBM and step), and a finished one (its summary.json
+# says so) is skipped, so running this again goes on from wherever it stopped. Each
+# finished run's small files (config.json, summary.json, metrics.jsonl) are copied to
+# results/autoencoders/<name>/.
 #
 # On one core of the 2-core CPU machine the whole study takes about 4 hours, measured
 # per epoch (the three deep autoencoders dominate: 200 fine-tuning epochs of about 13 s
@@ -25,12 +26,23 @@ keep() {  # a finished run's small files, for the README's table
   if [[ -f $WORKDIR/$1/metrics.jsonl ]]; then cp "$WORKDIR/$1/metrics.jsonl" "results/autoencoders/$1/"; fi
 }
 
+finished() {  # whether workdir $1 holds a finished run
+  [[ -f $1/summary.json ]] && "$PYTHON" -c '
+import json, sys
+sys.exit(0 if json.load(open(sys.argv[1])).get("finished") else 1)
+' "$1/summary.json"
+}
+
 for name in $MODELS; do
   case $name in
     vae2d) args=(--model=vae --layers=500,2) ;;  # the 2-d latent manifold
     *) args=(--model="$name") ;;
   esac
-  echo "== $name: ${args[*]}"
-  "$PYTHON" -m experiments.autoencoders "${args[@]}" --workdir="$WORKDIR/$name"
+  if finished "$WORKDIR/$name"; then
+    echo "== $name: done ($WORKDIR/$name/summary.json)"
+  else
+    echo "== $name: ${args[*]}"
+    "$PYTHON" -m experiments.autoencoders "${args[@]}" --workdir="$WORKDIR/$name"
+  fi
   keep "$name"
 done

@@ -71,6 +71,8 @@ flags.DEFINE_list(
 flags.DEFINE_float("peak_gflops", None, "The device's float32 peak; default: read off the CPU.")
 flags.DEFINE_bool("jsonl", False, "Print one JSON line per case instead of the table.")
 
+IMAGES = 50_000  # a rung's training images; the expanded set is five times as many
+
 
 def cpu_peak_gflops() -> tuple[float, str] | None:
     """(peak GFLOP/s, how it was computed) for this process's CPU cores, or None."""
@@ -97,6 +99,14 @@ def cpu_peak_gflops() -> tuple[float, str] | None:
     return peak, f"{cores} cores x {float(mhz) / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
+def step_indices(key: jax.Array, n: int, batch_size: int, steps: int) -> jax.Array:
+    """`steps` mini-batches of indices into n examples: epoch 0's (`train.epoch_indices`),
+    then epoch 1's and so on, as many epochs as it takes."""
+    epochs = -(-steps // (n // batch_size))
+    batches = [train.epoch_indices(key, epoch, n, batch_size) for epoch in range(epochs)]
+    return jnp.concatenate(batches)[:steps]
+
+
 def time_case(
     name: str,
     batch_size: int,
@@ -110,7 +120,7 @@ def time_case(
     """One case's speed: the fastest of `repeats` timings of `steps` steps."""
     rung = nets.RUNGS[name]
     model = nets.create(name)
-    n = 50_000
+    n = IMAGES
     epoch_examples = 5 * n if rung.expanded else n
     optimizer = train.make_optimizer("sgd", rung.learning_rate)
     steps_per_epoch = epoch_examples // batch_size
@@ -127,7 +137,7 @@ def time_case(
     }
     init_key, shuffle_key, step_key = train.run_keys(0, members)
     state = train.init_state(model, optimizer, init_key, data["images"][:1])
-    idx = train.epoch_indices(shuffle_key, 0, epoch_examples, batch_size)[:steps]
+    idx = step_indices(shuffle_key, epoch_examples, batch_size, steps)
     for _ in range(2):  # compile, then warm up (the devices layout's copies compile on the way)
         state, _ = runner(state, data, idx, step_key)
         jax.block_until_ready(state)
@@ -182,7 +192,8 @@ def check_flags() -> None:
         raise UserError(f"--repeats must be at least 1, got {FLAGS.repeats}")
     if FLAGS.peak_gflops is not None and FLAGS.peak_gflops <= 0:
         raise UserError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
-    positive_ints("batch_sizes")
+    if max(positive_ints("batch_sizes")) > IMAGES:
+        raise UserError(f"--batch_sizes must be at most {IMAGES:,}, the images of an epoch")
     positive_ints("ensemble")
     blocks()
 

@@ -21,6 +21,15 @@ WORKDIR=${WORKDIR:-runs/capsules}
 EPOCHS=${EPOCHS:-50}
 RUNS=${RUNS:-baseline,r1_norecon,r1_recon,r3_norecon,r3_recon}
 EXTRA=("$@")  # further flags for every run, e.g. --seed=1
+PYTHON=${PYTHON:-python}
+
+finished() {  # whether workdir $1 holds a finished run of $EPOCHS epochs
+  [[ -f $1/summary.json ]] && "$PYTHON" -c '
+import json, sys
+summary = json.load(open(sys.argv[1]))
+sys.exit(0 if summary.get("finished") and summary.get("epochs") == int(sys.argv[2]) else 1)
+' "$1/summary.json" "$EPOCHS"
+}
 
 declare -A FLAGS=(
   [baseline]="--model=baseline"
@@ -33,28 +42,21 @@ declare -A FLAGS=(
 for run in ${RUNS//,/ }; do
   [[ -n ${FLAGS[$run]+x} ]] || { echo "unknown run '$run'; choose from ${!FLAGS[*]}" >&2; exit 1; }
   workdir=$WORKDIR/$run
-  if [[ -f $workdir/summary.json ]] && grep -q "\"epochs\": $EPOCHS," "$workdir/summary.json"; then
+  if finished "$workdir"; then
     echo "$run: done ($workdir/summary.json)"
   else
     # shellcheck disable=SC2086  # the flags are words
-    python -m experiments.capsules ${FLAGS[$run]} --epochs="$EPOCHS" --workdir="$workdir" \
+    "$PYTHON" -m experiments.capsules ${FLAGS[$run]} --epochs="$EPOCHS" --workdir="$workdir" \
       "${EXTRA[@]}"
   fi
   mkdir -p "results/capsules/$run"
   cp "$workdir"/{config.json,summary.json,metrics.jsonl} "results/capsules/$run/"
 done
 
-# The table: the paper's test error beside ours.
-python - "$WORKDIR" ${RUNS//,/ } <<'PY'
-import json, sys
+# The table: the paper's test error beside ours, for every finished run under $WORKDIR.
+"$PYTHON" -c '
+import sys
 from pathlib import Path
-root, runs = Path(sys.argv[1]), sys.argv[2:]
-print("| run | params | paper | ours | best val. | rotated | skewed | epochs |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-for run in runs:
-    s = json.loads((root / run / "summary.json").read_text())
-    print(f"| {run} | {s['params']:,} | {s['paper_test_error_pct']:.2f}% | "
-          f"{100 * s['test_error']:.2f}% | {100 * s['best_val_accuracy']:.2f}% | "
-          f"{100 * s['test_rotated_accuracy']:.2f}% | {100 * s['test_skewed_accuracy']:.2f}% | "
-          f"{s['epochs']} |")
-PY
+from launch import readme_tables
+print(readme_tables.capsules_table(Path(sys.argv[1])))
+' "$WORKDIR"

@@ -14,17 +14,18 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}
+PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
-timeout 180 python -m launch.benchmark --nets=dropout --batch_sizes=10,100 --ensemble=1,5 \
+timeout 180 "$PYTHON" -m launch.benchmark --nets=dropout --batch_sizes=10,100 --ensemble=1,5 \
   --ensemble_layouts=vmap,unrolled \
   2>&1 | grep -v "^[IW][0-9]" | tee "$OUT/bench_mnist.md"
 
-timeout 120 python -m launch.bench_imagenet --models=resnet50 --batch_size=256 \
+timeout 120 "$PYTHON" -m launch.bench_imagenet --models=resnet50 --batch_size=256 \
   2>&1 | grep -v "^[IW][0-9]" | tee "$OUT/bench_imagenet.md"
 
-timeout 220 python -m experiments.mnist_convnet --net=dropout --workdir="$OUT/dropout" \
+timeout 220 "$PYTHON" -m experiments.mnist_convnet --net=dropout --workdir="$OUT/dropout" \
   2>&1 | grep -v "^[IW][0-9]\|step .*/" | tee "$OUT/dropout.log"
 cp "$OUT/dropout/summary.json" "$OUT/dropout_summary.json" 2>/dev/null || true

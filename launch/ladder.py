@@ -7,9 +7,11 @@
         --readme=README.md
 
 Each (rung, seed) trains in WORKDIR/<rung>/seed=<seed> through
-`experiments.mnist_convnet`; a finished one (summary.json present) is not run
-again, an unfinished one resumes. Any of that module's flags given here
-(--epochs, --batch_size, --train_size, ...) applies to every rung. Validation is
+`experiments.mnist_convnet`; a finished one (summary.json present) made with the
+settings given now is not run again, an unfinished one resumes, and a finished one
+made with other settings goes on to more --epochs (under the constant schedule) or is
+refused. Any of that module's flags given here (--epochs, --batch_size,
+--train_size, ...) applies to every rung. Validation is
 the book's: the last 10,000 of MNIST's original training images (`--split=tfds`
 for the last 10,000 in TFDS's stored order). With `--results=DIR`, each finished
 run's small files (summary.json, config.json, metrics.jsonl, test_predictions.npy)
@@ -41,7 +43,8 @@ from absl import app, flags, logging
 
 from experiments import common, mnist_convnet
 from launch import readme_tables, vote
-from lib.core import plots
+from lib.core import config as config_lib
+from lib.core import metrics, plots
 from lib.core.errors import UserError
 from lib.nielsen import nets, train
 
@@ -79,6 +82,21 @@ def finished(root: Path, name: str) -> list[tuple[int, Path]]:
         if seed.isdigit() and (folder / "summary.json").exists():
             runs.append((int(seed), folder))
     return sorted(runs)
+
+
+def done(workdir: Path, config: dict) -> bool:
+    """Whether workdir holds a finished run (summary.json) whose config.json records the
+    settings that `mnist_convnet.run(config, workdir)` would train with now. A run with
+    other settings is that function's to go on with (more epochs, constant schedule) or
+    to refuse."""
+    if not (workdir / "summary.json").exists():
+        return False
+    now = config_lib.as_dict(mnist_convnet.resolve({**config, "workdir": str(workdir)}))
+    try:  # nothing may grow here, so nothing in the workdir changes
+        metrics.accept_resume(workdir, now, ignore={"workdir", *common.PROGRAM_DEFAULTS})
+    except UserError:
+        return False
+    return True
 
 
 def _dataset(summaries: list[dict]) -> str:
@@ -206,12 +224,12 @@ def ladder(root: Path) -> None:
             for seed in seeds:
                 workdir = root / name / f"seed={seed}"
                 kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
-                if (workdir / "summary.json").exists():
+                config = {**given, "net": name, "seed": seed}
+                if done(workdir, config):
                     if kept is not None and not (kept / "summary.json").exists():
                         keep_results(workdir, kept)
                     continue
                 print(f"== {name}, seed {seed} -> {workdir}", flush=True)
-                config = {**given, "net": name, "seed": seed}
                 summary = mnist_convnet.run(config, str(workdir))
                 if not summary["finished"]:
                     print(f"stopped; run the same command again to resume from {workdir}")

@@ -5,7 +5,7 @@ devices and finds the others through a coordinator on 127.0.0.1, exactly as
 processes on separate hosts would through `jax.distributed.initialize`.
 
     python -m launch.local_cluster --processes=2 --devices_per_process=4 \\
-        experiments.mnist_convnet --workdir=runs/two_hosts --epochs=1
+        launch.join_cluster experiments.mnist_convnet --workdir=runs/two_hosts --epochs=1
 
 Each process sees these environment variables (the contract with the module):
 
@@ -16,7 +16,8 @@ Each process sees these environment variables (the contract with the module):
     JAX_PLATFORMS             cpu (unless --platform says otherwise)
 
 and must call `lib.core.parallel.initialize_from_env()` (or the same call itself) before
-touching any device; a module that does not can run under `launch.join_cluster`.
+touching any device; a module that does not, as the experiments do not, runs under
+`launch.join_cluster`, as above.
 Process 0's output goes to the terminal; the others' output goes to `--log_dir`
 (a temporary directory by default) and is shown if they fail.
 If any process fails, the others are stopped: they would otherwise wait for it in
@@ -154,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout_s", type=float, default=None)
     parser.add_argument(
         "module",
-        help="module to run with python -m (e.g. experiments.mnist_convnet), or a .py script",
+        help="module to run with python -m (e.g. launch.join_cluster), or a .py script",
     )
     parser.add_argument("module_args", nargs=argparse.REMAINDER, help="flags for the module")
     args = parser.parse_args(argv)

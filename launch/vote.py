@@ -3,13 +3,14 @@
     python -m launch.vote --runs='results/dropout_elastic/alpha8_cosine/seed=*'
     python -m launch.vote --runs=runs/a,runs/b,runs/c
 
-Each run is a finished workdir of `experiments.mnist_convnet` (or its small files kept
-under results/): its summary.json, config.json and test_predictions.npy. Prints a
-Markdown table, a row per run (seed, best validation accuracy, test accuracy at that
-epoch), then the members' mean and the vote's accuracy on the test set, ties going to
-the smallest label, as in the ladder's ensemble row. A run with `--ensemble` kept one
-row of predictions per member; each member votes. Runs scored on other test sets
-(another dataset, split or `--test_size`) are refused.
+Each run is a finished workdir of `experiments.mnist_convnet` or `experiments.capsules`
+(or its small files kept under results/): its summary.json, config.json and
+test_predictions.npy. Prints a Markdown table, a row per run (seed, best validation
+accuracy, test accuracy at that epoch), then the members' mean and the vote's accuracy
+on the test set, ties going to the smallest label, as in the ladder's ensemble row. A
+run with `--ensemble` kept one row of predictions per member; each member votes. Runs
+scored on other test sets (another dataset, split or `--test_size`) are refused, as is
+a run whose config.json records no split (the order of its test set).
 """
 
 from __future__ import annotations
@@ -60,12 +61,20 @@ def vote(folders: list[Path], labels=test_labels) -> dict:
         if missing:
             raise UserError(
                 f"{folder} has no {' or '.join(missing)}: vote finished runs of "
-                f"experiments.mnist_convnet (or the small files kept of them)"
+                f"experiments.mnist_convnet or experiments.capsules (or the small files kept "
+                f"of them)"
+            )
+        config = json.loads((folder / "config.json").read_text())
+        if "split" not in config:
+            raise UserError(
+                f"{folder}/config.json records no split, so the order of its test predictions "
+                f"cannot be told: vote runs that record it (experiments.mnist_convnet and "
+                f"experiments.capsules do)"
             )
         predictions = np.load(folder / PREDICTIONS)
         members += list(predictions.reshape(-1, predictions.shape[-1]))
-        configs.append(json.loads((folder / "config.json").read_text()))
-    scored = {(c.get("dataset", "mnist"), c.get("split", "tfds")) for c in configs}
+        configs.append(config)
+    scored = {(c.get("dataset", "mnist"), c["split"]) for c in configs}
     if len(scored) > 1:
         which = ", ".join(f"{d} split={s}" for d, s in sorted(scored))
         raise UserError(f"the runs were scored on different test sets ({which}); vote runs of one")
@@ -78,7 +87,7 @@ def vote(folders: list[Path], labels=test_labels) -> dict:
             f"set has {truth.shape[0]} images: vote runs scored on the whole test set"
         )
     predictions = np.stack(members)
-    scored = train.accuracies(predictions, truth, int(max(predictions.max(), truth.max())) + 1)
+    scored = train.accuracies(predictions, truth)
     return {
         "members": scored["member_accuracy"],
         "vote": scored["accuracy"],

@@ -46,6 +46,8 @@ class Range:
         return self.high is None or (value < self.high if self.open_high else value <= self.high)
 
     def __str__(self) -> str:
+        if self.low is None and self.high is None:
+            return "any finite number"
         if self.high is None:
             return f"{'>' if self.open_low else '>='} {self.low:g}"
         if self.low is None:

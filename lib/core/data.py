@@ -4,7 +4,8 @@ MNIST follows Nielsen's split ("Neural Networks and Deep Learning", chapter 1):
 the first 50,000 training images train, the last 10,000 validate, and the 10,000
 test images are kept apart for the final score. Any other TFDS image classification
 dataset of small images (`load("fashion_mnist")`, "kmnist", "emnist/digits",
-"cifar10", ...) is split the same way: the last 10,000 of its training split validate.
+"cifar10", ...) is split the same way: the end of its training split validates (10,000
+images, or a sixth of a training split under 50,000).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _downloaded_source(name: str, split: str, data_dir: str | None):
 
     where = tfds_dir(data_dir)
     try:
-        return tfds.data_source(name, split=split, data_dir=tfds_dir(data_dir), download=True)
+        return tfds.data_source(name, split=split, data_dir=where, download=True)
     except ModuleNotFoundError as failed:
         raise DataError(
             f"dataset '{name}' is not prepared in {where}, and preparing it from its "
@@ -229,7 +230,7 @@ def _fetch(url: str, sha256: str, folder: Path) -> bytes:
     except (urllib.error.URLError, OSError) as failed:
         reason = getattr(failed, "reason", failed)
         raise DataError(
-            f"MNIST is not prepared in {tfds_dir()} and could not be downloaded from "
+            f"MNIST is not prepared in {folder.parent.parent} and could not be downloaded from "
             f"{url} ({reason}). Set TFDS_DATA_DIR to a folder that holds a prepared copy "
             "(for example TFDS_DATA_DIR=../shared/tensorflow_datasets), or run once with "
             "a network."
@@ -313,7 +314,8 @@ def load(
     validation_size: int | None = None,
 ) -> Splits:
     """`dataset`'s images and labels, with `validation_size` images held out of the end of
-    its training split (default: the module's `validation_size` rule, 10,000 for MNIST).
+    its training split (default: 10,000 from a split of 50,000 or more, as MNIST's, a sixth
+    of a smaller one).
 
     For MNIST, `order="book"` puts both splits back in the original files' order
     (`tfds_order`), so the validation images are the last 10,000 of the original 60,000,
@@ -368,5 +370,6 @@ def mnist(
     data_dir: str | None = None,
     order: str = "tfds",
 ) -> Splits:
-    """MNIST (`load("mnist", ...)`), in TFDS's stored order unless `order="book"`."""
+    """MNIST (`load("mnist", ...)`), in TFDS's stored order unless `order="book"` (so by
+    default its validation images are the last 10,000 in TFDS's order, not the book's)."""
     return load("mnist", train_size, data_dir, order, validation_size)

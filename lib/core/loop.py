@@ -6,7 +6,8 @@ a graceful stop mid-epoch), each verified on restore, a damaged newest one passe
 for the newest intact one; a resumed run equal to the uninterrupted one (the step
 number alone decides each batch and each random key, so nothing else need be saved);
 metrics.jsonl rewritten to the checkpoint's history on resume, never duplicated; a
-non-finite loss stopped at once with the last good checkpoint kept; progress with
+non-finite loss stops the run at the next progress report or the epoch's end, whichever
+comes first, with the last good checkpoint kept; progress with
 throughput and ETA reported through hooks (the library prints nothing).
 
     def step(state, step):                # jitted inside; batch and key from `step`
@@ -74,10 +75,24 @@ class Result(NamedTuple):
     wall_time_s: float  # training and evaluation, summed over every session of the run
 
 
-def _epoch_means(metrics: list[dict]) -> dict[str, list[float]]:
-    """The steps' metrics, fetched from the device at once: name -> values."""
+def _step_metrics(metrics: list[dict]) -> dict[str, list[float]]:
+    """The steps' metrics, fetched from the device at once: name -> one value per step."""
     fetched = jax.device_get(metrics)
     return {k: [float(np.mean(m[k])) for m in fetched] for k in (fetched[0] if fetched else {})}
+
+
+def _check_finite(metrics: list[dict], first: int, epoch: int, offset: int, steps: int) -> None:
+    """Raises DivergedError at the first non-finite `loss` of metrics[first:]; `offset` is
+    the step of the epoch that metrics[0] belongs to."""
+    if not metrics or "loss" not in metrics[0]:
+        return
+    losses = np.asarray([np.mean(v) for v in jax.device_get([m["loss"] for m in metrics[first:]])])
+    if not np.isfinite(losses).all():
+        bad = first + int(np.argmax(~np.isfinite(losses)))
+        raise DivergedError(
+            f"loss became {losses[bad - first]} at epoch {epoch + 1}, step {offset + bad + 1} "
+            f"of {steps}; the last good checkpoint is kept. Lower the learning rate."
+        )
 
 
 def train(
@@ -97,7 +112,8 @@ def train(
     (epoch, the means of the steps' metrics as train_<name>, the evaluation, epoch_time_s,
     examples_per_s) and a checkpoint. `should_stop` is asked after every step: a stop
     mid-epoch saves the partial epoch, which a resume completes as if never stopped.
-    Raises DivergedError when a `loss` metric is not finite (before any save), and
+    Raises DivergedError when a `loss` metric is not finite (checked at each progress
+    report and at the epoch's end, before any save), and
     UserError when no checkpoint is intact or the disk fills while saving.
     """
     hooks = hooks or Hooks()
@@ -123,7 +139,7 @@ def train(
         while step < schedule.total_steps:
             epoch, offset = divmod(step, schedule.steps_per_epoch)
             started = last_report = time.perf_counter()
-            metrics = []
+            metrics, checked = [], 0
             while step < (epoch + 1) * schedule.steps_per_epoch:
                 state, m = step_fn(state, step)
                 metrics.append(m)
@@ -133,6 +149,8 @@ def train(
                 now = time.perf_counter()
                 if now - last_report >= hooks.progress_every_s:
                     last_report = now
+                    _check_finite(metrics, checked, epoch, offset, schedule.steps_per_epoch)
+                    checked = len(metrics)
                     per_step = (now - session_started) / (step - session_first_step)
                     hooks.on_progress(
                         {
@@ -145,15 +163,8 @@ def train(
                             "eta_s": per_step * (schedule.total_steps - step),
                         }
                     )
-            means = _epoch_means(metrics)
-            losses = np.asarray(means.get("loss", []))
-            if not np.isfinite(losses).all():
-                bad = int(np.argmax(~np.isfinite(losses)))
-                raise DivergedError(
-                    f"loss became {losses[bad]} at epoch {epoch + 1}, step {offset + bad + 1} "
-                    f"of {schedule.steps_per_epoch}; the last good checkpoint is kept. "
-                    "Lower the learning rate."
-                )
+            _check_finite(metrics, checked, epoch, offset, schedule.steps_per_epoch)
+            means = _step_metrics(metrics)
             train_seconds = time.perf_counter() - started
             partial = record.pop("partial", None) or {k: [] for k in means}
             partial = {k: partial.get(k, []) + means[k] for k in means}

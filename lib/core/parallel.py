@@ -34,6 +34,12 @@ def initialize_from_env() -> int:
         return 1
     if jax.distributed.is_initialized():
         return num_processes
+    missing = [v for v in ("JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID") if v not in os.environ]
+    if missing:
+        raise UserError(
+            f"JAX_NUM_PROCESSES={num_processes} but {' and '.join(missing)} unset: set them "
+            "for every process, or start the processes with launch.local_cluster"
+        )
     jax.distributed.initialize(
         coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
         num_processes=num_processes,
@@ -70,6 +76,16 @@ class DeviceCountError(UserError, ValueError):
     """More devices asked for than there are."""
 
 
+def check_device_count(num_devices: int | None) -> None:
+    """Refuses a `--num_devices` this machine cannot give (None: let the mesh choose)."""
+    count = jax.device_count()
+    if num_devices is not None and not 0 < num_devices <= count:
+        raise DeviceCountError(
+            f"--num_devices={num_devices}, but this machine has {count} "
+            f"{jax.default_backend()} device(s); give at most {count}"
+        )
+
+
 def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> Mesh:
     """A 1-D mesh over `num_devices` devices (by default all of them, but one CPU).
 
@@ -80,6 +96,7 @@ def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> 
     one, so by default they serve whole nets instead (`train.resolve_layout`).
     """
     devices = jax.devices()
+    check_device_count(num_devices)
     if num_devices is None and jax.default_backend() == "cpu" and jax.process_count() == 1:
         num_devices = 1
     if num_devices is None:
@@ -87,11 +104,6 @@ def make_mesh(num_devices: int | None = None, batch_size: int | None = None) -> 
         if batch_size is not None:
             while batch_size % num_devices:
                 num_devices -= 1
-    if not 0 < num_devices <= len(devices):
-        raise DeviceCountError(
-            f"--num_devices={num_devices}, but this machine has {len(devices)} "
-            f"{jax.default_backend()} device(s); give at most {len(devices)}"
-        )
     return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 

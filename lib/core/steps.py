@@ -31,10 +31,14 @@ class Batches:
             raise ValueError(f"batch size {batch_size} exceeds the {n} training examples")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.steps_per_epoch = n // batch_size
+        self._order: tuple[int, np.ndarray] | None = None  # the latest epoch's, kept
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 (a few epochs' orders, freed with the object)
     def order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n).astype(np.int32)
+        """Epoch `epoch`'s permutation of the n examples."""
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = (epoch, rng.permutation(self.n).astype(np.int32))
+        return self._order[1]
 
     def indices(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
@@ -72,7 +76,16 @@ def make_step(
 
 
 def batched(fn: Callable[..., Any], *arrays: jax.Array, batch_size: int = 1000) -> Any:
-    """`fn` over the arrays in chunks of `batch_size` rows, the results concatenated."""
+    """`fn` over the arrays in chunks of `batch_size` rows, the results (one row per input
+    row) concatenated. A short last chunk is padded with copies of its last row and the
+    padding's results dropped, so a jitted `fn` compiles once."""
     n = len(arrays[0])
-    parts = [fn(*(a[i : i + batch_size] for a in arrays)) for i in range(0, n, batch_size)]
-    return jax.tree.map(lambda *p: jnp.concatenate(p), *parts)
+    batch_size = min(batch_size, n)
+    parts = []
+    for i in range(0, n, batch_size):
+        chunk = [a[i : i + batch_size] for a in arrays]
+        pad = batch_size - len(chunk[0])
+        if pad:
+            chunk = [jnp.concatenate([c, jnp.repeat(c[-1:], pad, axis=0)]) for c in chunk]
+        parts.append(fn(*chunk))
+    return jax.tree.map(lambda *p: jnp.concatenate(p)[:n], *parts)

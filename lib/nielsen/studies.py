@@ -1,4 +1,4 @@
-"""Studies: several variants of a run, each trained as K seeds in one vmapped program.
+"""Studies: several variants of a run, each trained as K seeds side by side.
 
 A study (the activation study, the training-data study) trains each of its variants
 in a sub-workdir of its own through `train.train_and_evaluate`, with
@@ -88,8 +88,10 @@ def run_settings(model: nn.Module, config: train.TrainConfig, splits: Splits | N
         if f.name not in ("parent", "name", "pool")  # pool: how, not what, it computes
     }
     how = dataclasses.asdict(config)
-    for name in ("epochs", "driver", "ensemble_layout", "eval_batch_size", "num_devices"):
+    for name in ("driver", "ensemble_layout", "eval_batch_size", "num_devices"):
         how.pop(name)
+    if config.schedule == "constant":  # a decaying rate's steps depend on the epochs
+        how.pop("epochs")
     if splits is not None:
         how.update(train_images=len(splits.train), validation_images=len(splits.validation))
     return json.loads(json.dumps({"net": type(model).__name__, **net, **how}, default=str))
@@ -99,17 +101,21 @@ def check_settings(
     workdir: Path, model: nn.Module, config: train.TrainConfig, splits: Splits | None = None
 ) -> None:
     """Record a sub-run's settings in workdir/settings.json; raise ConfigError when the
-    workdir already holds a run with other settings (it would resume the wrong run).
-    More epochs than before is fine: the run goes on from where it ended."""
+    workdir already holds a run with other settings (it would resume the wrong run),
+    naming every one that differs. Settings only one side records are not compared. More
+    epochs than before is fine at a constant rate: the run goes on from where it ended."""
     settings = run_settings(model, config, splits)
     path = workdir / "settings.json"
     if path.exists():
         before = json.loads(path.read_text())
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = [
+            f"{k}={before[k]} (now {settings[k]})"
+            for k in sorted(set(before) & set(settings))
+            if before[k] != settings[k]
+        ]
         if changed:
-            k = changed[0]
             raise train.ConfigError(
-                f"{workdir} holds a run with {k}={before.get(k)}, not {settings.get(k)}; "
+                f"{workdir} holds a run with other settings: {', '.join(changed)}; "
                 "choose another --workdir, or delete that one to start it again"
             )
         return

@@ -57,7 +57,7 @@ class TrainConfig:
     schedule: str = "constant"
     seed: int = 0
     ensemble: int = 1  # K nets together (ensemble_layout); member m trains as seed + m would
-    ensemble_layout: str = "auto"  # "vmap", "unrolled", or "auto" (see ensemble_step)
+    ensemble_layout: str = "auto"  # one of LAYOUTS; "auto" picks per backend (resolve_layout)
     expanded: bool = False  # the book's 5x set: each image and its four one-pixel shifts
     augment: Any = None  # a lib.nielsen.augment.AugmentConfig applied to every training batch
     eval_batch_size: int = 1000
@@ -155,7 +155,10 @@ def devices_used(mesh_size: int, layout: str, members: int) -> int:
 
 
 def virtual_train_size(n: int, config: TrainConfig) -> int:
-    return 5 * n if config.expanded else n
+    """Examples in an epoch: the book's expanded set of n images, or the n images."""
+    from lib.nielsen import augment as aug
+
+    return aug.expanded_size(n) if config.expanded else n
 
 
 def validate(config: TrainConfig, n_train: int) -> None:
@@ -179,11 +182,7 @@ def validate(config: TrainConfig, n_train: int) -> None:
     resolve_layout(config.ensemble_layout)
     if config.eval_batch_size <= 0:
         raise ConfigError(f"eval batch size must be positive, got {config.eval_batch_size}")
-    if config.num_devices is not None and not 0 < config.num_devices <= jax.device_count():
-        raise ConfigError(
-            f"--num_devices={config.num_devices}, but this machine has {jax.device_count()} "
-            f"{jax.default_backend()} device(s); give at most {jax.device_count()}"
-        )
+    parallel.check_device_count(config.num_devices)
     make_optimizer(config.optimizer, config.learning_rate, config.momentum, config.schedule, 1)
     resolve_driver(config.driver)
 
@@ -348,7 +347,7 @@ def init_state(
 
 def run_keys(seed: int, members: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(init, shuffle, step) keys. Member m of an ensemble gets exactly the keys of a lone
-    run with seed + m, so K seeds trained as one vmapped program train as they would alone."""
+    run with seed + m, so K seeds trained together train as they would alone."""
     keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seed + m), 3) for m in range(members)])
     if members == 1:
         keys = keys[0]
@@ -596,8 +595,11 @@ class _MemberPredict:
         return np.stack(jax.device_get(labels))
 
 
-def majority_vote(predictions: np.ndarray, num_classes: int) -> np.ndarray:
-    """The most common label over members (axis 0); ties go to the lowest label."""
+def majority_vote(predictions: np.ndarray, num_classes: int | None = None) -> np.ndarray:
+    """The most common label over members (axis 0); ties go to the lowest label. The labels
+    run from 0 to `num_classes` - 1 (by default, to the largest label predicted)."""
+    if num_classes is None:
+        num_classes = int(predictions.max()) + 1
     votes = np.zeros((*predictions.shape[1:], num_classes), np.int32)
     for member in predictions:
         votes[np.arange(member.shape[0]), member] += 1
@@ -619,13 +621,14 @@ def predict_split(predict: Callable, params: Any, images: jax.Array, batch_size:
     return labels[..., :n]
 
 
-def accuracies(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) -> dict:
-    """Accuracy of one net, or of each member and of the ensemble's majority vote."""
+def accuracies(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    """Accuracy of one net, or of each member and of the ensemble's majority vote (over
+    as many classes as the largest label predicted or true says)."""
     labels = np.asarray(labels)
     if predictions.ndim == 1:
         return {"accuracy": float(np.mean(predictions == labels))}
     members = [float(np.mean(p == labels)) for p in predictions]
-    vote = majority_vote(predictions, num_classes)
+    vote = majority_vote(predictions, int(max(predictions.max(), labels.max())) + 1)
     return {"accuracy": float(np.mean(vote == labels)), "member_accuracy": members}
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from commands import ROOT, run_module, start_module
 
@@ -227,6 +228,70 @@ def test_targets_of_one_architecture_share_their_compiled_attacks(two_targets, m
     assert adversarial.fgsm._cache_size() == before + 1
 
 
+def test_an_ensemble_run_is_refused_with_what_to_attack_instead(tmp_path):
+    from experiments.adversarial import Target
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"net": "relu", "ensemble": 3}))
+    with pytest.raises(UserError, match=r"ensemble 3\): attack a run trained with --ensemble=1"):
+        Target(tmp_path)
+
+
+def test_a_target_with_a_damaged_newest_checkpoint_is_attacked_at_the_step_before(tmp_path):
+    """The target's parameters come through lib.core.checkpoint: a newest step that cannot
+    be read is passed over, with a notice, for the intact step before it."""
+    from experiments import mnist_convnet
+    from experiments.adversarial import Target
+    from lib.core.checkpoint import Checkpointer
+
+    mnist_convnet.run(
+        {"net": "shallow", "train_size": 500, "validation_size": 100, "test_size": 100,
+         "epochs": 2, "batch_size": 50},
+        str(tmp_path), verbose=False,
+    )  # fmt: skip
+    first, newest = Checkpointer(tmp_path / "checkpoints").all_steps()
+    assert Target(tmp_path).checkpoint_notice is None
+    record = tmp_path / "checkpoints" / str(newest) / "record" / "metadata"
+    record.write_text(record.read_text()[:10])
+    target = Target(tmp_path)
+    assert target.checkpoint_notice.startswith(f"damaged checkpoints passed over: step {newest}")
+    assert target.checkpoint_notice.endswith(f"attacking step {first}")
+    saved = ocp.CheckpointManager(tmp_path / "checkpoints")
+    kept = saved.restore(first, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    saved.close()
+    for a, b in zip(
+        jax.tree.leaves(target.params), jax.tree.leaves(kept.state["params"]), strict=True
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_target_of_three_classes_gets_wrong_labels_and_fooling_images_of_its_own(
+    tmp_path, monkeypatch
+):
+    """A net of another dataset's classes: the wrong labels of the minimum distortion and
+    the fooling images' classes are its 3, not MNIST's 10."""
+    from fake_tfds import colour_splits
+
+    from experiments import adversarial as experiment
+    from experiments import mnist_convnet
+    from lib.core import data
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: colour_splits(n_train=200, n_eval=60))
+    monkeypatch.setattr(data, "training_size", lambda *a, **k: None)
+    mnist_convnet.run(
+        {"net": "shallow", "dataset": "cifar10", "epochs": 1, "batch_size": 20},
+        str(tmp_path / "target"), verbose=False,
+    )  # fmt: skip
+    summary = experiment.run(
+        {"targets": [str(tmp_path / "target")], "eps": (0.1,), "test_size": 60,
+         "distortion_size": 4, "pgd_steps": 2, "lbfgs_iterations": 3},
+        str(tmp_path / "study"), verbose=False,
+    )  # fmt: skip
+    result = summary["targets"]["shallow"]
+    assert len(result["fooling_confidence"]) == 3 and result["distortion"]["of"] == 4
+
+
 def _fgsm_error(workdir, eps: float) -> float:
     from experiments.adversarial import Target
     from lib.core import data
@@ -265,10 +330,10 @@ def test_the_experiment_trains_its_own_target_by_pgd(tmp_path, monkeypatch):
     # The quick recipe's relu net, as the shallow one, so the attacks take seconds.
     monkeypatch.setattr(experiment, "QUICK_RECIPE", {"net": "shallow", "batch_size": 50})
     summary = experiment.run(
-        {"workdir": str(tmp_path), "train": ("pgd",), "train_size": 300,
+        {"train": ("pgd",), "train_size": 300,
          "target_epochs": 1, "adversarial_eps": 0.3, "adversarial_steps": 2, "eps": (0.3,),
          "test_size": 60, "distortion_size": 4, "pgd_steps": 3, "lbfgs_iterations": 5},
-        verbose=False,
+        str(tmp_path), verbose=False,
     )  # fmt: skip
     assert list(summary["targets"]) == ["shallow, PGD-trained (eps 0.3)"]
     config = json.loads((tmp_path / "target-pgd" / "config.json").read_text())

@@ -285,7 +285,10 @@ def test_colour_images_of_another_dataset_train_and_draw(tmp_path, monkeypatch):
 
     from experiments import capsules
 
-    monkeypatch.setattr(capsules.data_lib, "load", lambda *a, **k: colour_splits())
+    loaded = []
+    monkeypatch.setattr(
+        capsules.data_lib, "load", lambda *a, **k: loaded.append(k) or colour_splits()
+    )
     monkeypatch.setattr(capsules.data_lib, "training_size", lambda *a, **k: None)
     summary = capsules.run(
         {"dataset": "cifar10", "epochs": 1, "batch_size": 32, "eval_batch_size": 48,
@@ -297,3 +300,6 @@ def test_colour_images_of_another_dataset_train_and_draw(tmp_path, monkeypatch):
     for picture in ("accuracy.png", "reconstructions.png", "perturbations.png"):
         assert (tmp_path / picture).stat().st_size > 5_000
     assert capsules.resolve({"dataset": "kmnist"}).workdir == "runs/kmnist/capsules/capsnet_r3"
+    # The order the test predictions follow, for launch.vote.
+    assert loaded[0]["order"] == json.loads((tmp_path / "config.json").read_text())["split"]
+    assert capsules.resolve({})["split"] == "book"

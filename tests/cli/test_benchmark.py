@@ -1,8 +1,11 @@
 """The MNIST speed benchmark: its table, every ensemble layout and CPU path, and a clear
 line for bad input."""
 
+import subprocess
+import sys
+
 import pytest
-from commands import run_module
+from commands import ROOT, run_module
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -43,6 +46,7 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         ("--ensemble_layouts=pmap", "unknown layout 'pmap'"),
         ("--steps=-1", "--steps must be at least 1"),
         ("--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
+        ("--batch_sizes=50001", "--batch_sizes must be at most 50,000"),
         ("--paths=fastest", "unknown path 'fastest'"),
         ("--steps_per_call=0", "--steps_per_call takes auto or whole numbers of at least 1"),
     ],
@@ -51,3 +55,26 @@ def test_benchmark_refuses_bad_input_in_one_line(flag, message):
     done = run_module("launch.benchmark", "--nets=shallow", flag)
     assert done.returncode != 0
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_timed_steps_go_on_through_as_many_epochs_as_they_take():
+    """`step_indices` gives every step asked for, beyond one epoch's, for one net and for a
+    stack of member keys. In a process of its own: launch.benchmark's flags share names
+    with launch.ladder's."""
+    code = """
+import numpy as np
+from launch import benchmark
+from lib.nielsen import train
+for members, shape in ((1, (7, 3)), (2, (7, 2, 3))):
+    key = train.run_keys(0, members)[1]
+    idx = np.asarray(benchmark.step_indices(key, 10, 3, 7))
+    epochs = [np.asarray(train.epoch_indices(key, e, 10, 3)) for e in range(3)]
+    assert idx.shape == shape, idx.shape
+    np.testing.assert_array_equal(idx, np.concatenate(epochs)[:7])
+    assert not np.array_equal(epochs[0], epochs[1])
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr

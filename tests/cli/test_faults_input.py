@@ -6,6 +6,7 @@ import pytest
 from commands import run_module
 
 from experiments import common
+from lib.core import config as config_lib
 from lib.core.errors import ConfigError
 
 
@@ -20,11 +21,17 @@ def test_ranges_hold_what_they_say():
 
 
 def test_every_bad_setting_is_named_at_once():
-    config = {"dropout": 1.5, "epochs": 0, "eps": [0.1, 2.0], "l2": 0.0}
-    ranges = {"dropout": common.FRACTION, "epochs": common.AT_LEAST_1, "l2": common.NON_NEGATIVE}
-    ranges["eps"] = common.Range(0, 1, open_low=True)
+    """As the experiments check their settings (lib.core.config.resolve), a list's values
+    one by one."""
+    settings = [
+        common.Setting("dropout", 0.0, valid=common.FRACTION),
+        common.Setting("epochs", 1, valid=common.AT_LEAST_1),
+        common.Setting("l2", 0.1, valid=common.NON_NEGATIVE),
+        common.Setting("eps", (0.1,), valid=common.Range(0, 1, open_low=True)),
+    ]
+    given = {"dropout": 1.5, "epochs": 0, "eps": [0.1, 2.0], "l2": 0.0}
     with pytest.raises(ConfigError) as raised:
-        common.check_ranges(config, ranges)
+        config_lib.resolve(config_lib.defaults(settings), given, settings)
     assert str(raised.value) == (
         "--dropout=1.5 must be in [0, 1); --epochs=0 must be >= 1; --eps=0.1,2.0 must be in (0, 1]"
     )

@@ -206,3 +206,28 @@ def test_every_experiment_refuses_a_held_workdir(module, args, tmp_path):
     assert sorted(os.listdir(tmp_path)) == [".lock"]
     with metrics.hold_workdir(tmp_path):  # released at the end of the block, so free again
         pass
+
+
+def ladder(root: Path, *args: str):
+    return run_module("launch.ladder", *TINY, "--nets=shallow", f"--workdir={root}", *args)
+
+
+def test_the_ladder_reuses_a_finished_run_only_with_the_settings_given_now(tmp_path):
+    """Run again with its settings, a finished rung is tabled as it is; with other settings
+    it is refused, and with more epochs it goes on (the book's constant schedule)."""
+    run = tmp_path / "shallow" / "seed=0"
+    done = ladder(tmp_path, "--epochs=1")
+    assert done.returncode == 0, done.stderr
+    assert "== shallow, seed 0" in done.stdout
+    before = snapshot(run)
+    done = ladder(tmp_path, "--epochs=1")
+    assert done.returncode == 0, done.stderr
+    assert "== shallow" not in done.stdout and "| shallow |" in done.stdout
+    assert snapshot(run) == before
+    done = ladder(tmp_path, "--epochs=1", "--learning_rate=0.5")
+    assert_refused(done, "learning_rate=0.1 (now 0.5)", "another --workdir")
+    assert snapshot(run) == before
+    done = ladder(tmp_path, "--epochs=2")
+    assert done.returncode == 0, done.stderr
+    assert [line["epoch"] for line in epochs(run)] == [1, 2]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2

@@ -5,6 +5,7 @@ are; sub-second runs) in child processes, so its absl flags never enter this pro
 flag registry.
 """
 
+import ast
 import fcntl
 import json
 import os
@@ -13,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from commands import run_module, start_module
+from commands import ROOT, run_module, start_module
 
 from launch import results, sweep
 
@@ -207,6 +208,18 @@ def test_inprocess_mode_shares_the_process_and_isolates_failures(tmp_path):
         config = json.load(f)
     # Flags parsed afresh for every run: the typed value of this run, defaults for the rest.
     assert config["learning_rate"] == 0.1 and config["seed"] == 0 and config["fail_above"] == 1.0
+
+
+def test_every_experiment_takes_the_workdir_where_the_inprocess_mode_passes_it():
+    """--mode=inprocess calls run(config, workdir): each experiment's run takes the workdir
+    second, before verbose (read from the source, so no experiment's flags enter here)."""
+    found = 0
+    for path in sorted((ROOT / "experiments").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.FunctionDef) and node.name == "run":
+                found += 1
+                assert [a.arg for a in node.args.args[1:3]] == ["workdir", "verbose"], path.name
+    assert found >= 9
 
 
 def test_gpus_mode_gives_each_run_one_gpu(tmp_path):

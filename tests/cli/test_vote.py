@@ -75,6 +75,15 @@ def test_runs_that_cannot_be_voted_together_are_refused_with_the_reason(tmp_path
         vote.expand([str(tmp_path / "nothing*")])
 
 
+def test_a_run_that_records_no_split_is_refused_not_scored_in_a_guessed_order(tmp_path):
+    fake_run(tmp_path / "book", TRUTH)
+    fake_run(tmp_path / "unknown", TRUTH)
+    config = tmp_path / "unknown" / "config.json"
+    config.write_text(json.dumps({"seed": 0, "dataset": "mnist"}))
+    with pytest.raises(UserError, match=r"unknown/config\.json records no split"):
+        vote.vote([tmp_path / "book", tmp_path / "unknown"], labels)
+
+
 def test_the_command_votes_a_glob_of_runs_on_the_real_test_labels(tmp_path):
     truth = data.mnist(order="book").test.labels
     for seed in range(3):

@@ -120,8 +120,9 @@ def test_a_corrupted_download_is_refused(mirror):
 
 
 def test_an_unreachable_mirror_says_how_to_point_tfds(tmp_path):
-    with pytest.raises(data.DataError, match="TFDS_DATA_DIR"):
+    with pytest.raises(data.DataError, match="TFDS_DATA_DIR") as refused:
         data.mnist_from_download("test", str(tmp_path), url="http://127.0.0.1:9/")
+    assert f"not prepared in {tmp_path} " in str(refused.value)  # the folder it looked in
 
 
 def test_parse_idx_refuses_what_is_not_idx():

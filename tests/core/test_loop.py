@@ -83,6 +83,19 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
     assert steps == [8]
 
 
+def test_a_non_finite_loss_stops_the_run_at_the_next_progress_report(tmp_path):
+    calls = []
+
+    def step(w, step):
+        calls.append(step)
+        return w, {"loss": jnp.float32(np.nan if step >= 2 else 1.0)}
+
+    hooks = loop.Hooks(progress_every_s=0.0)
+    with pytest.raises(DivergedError, match="epoch 1, step 3 of 1000"):
+        loop.train(jnp.zeros(3), step, loop.Schedule(1, 1000), tmp_path, hooks=hooks)
+    assert len(calls) < 10  # not the rest of the epoch
+
+
 def test_hooks_hear_start_progress_and_epochs_with_an_eta(tmp_path):
     heard = {"start": [], "progress": [], "epoch": []}
     hooks = loop.Hooks(

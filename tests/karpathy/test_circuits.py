@@ -135,7 +135,8 @@ def test_bad_values_get_a_clear_message_before_any_file(tmp_path, change, messag
 
 
 def test_chapter_writes_config_and_summary(tmp_path):
-    summary = circuits.run({"workdir": str(tmp_path)}, verbose=False)
+    # The workdir argument (a sweep's) wins over the settings' workdir.
+    summary = circuits.run({"workdir": "runs/not_here"}, str(tmp_path), verbose=False)
     assert summary["neuron"]["largest_disagreement"] < 1e-6
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["add_multiply"]["f"] == -12.0

@@ -113,8 +113,10 @@ def test_a_whole_config_runs_as_its_changed_settings_do(tmp_path):
     assert config.reg == 0.1 and config.mnist and config.mnist_train_size is None
     config.update(workdir=str(tmp_path / "whole"), mnist=False, loss_steps=10)
     whole = svm_experiment.run(config.to_dict(), verbose=False)
-    given = {"workdir": str(tmp_path / "given"), "mnist": False, "loss_steps": 10}
-    assert svm_experiment.run(given, verbose=False)["loss_svm"] == whole["loss_svm"]
+    given = {"workdir": "runs/not_here", "mnist": False, "loss_steps": 10}
+    # The workdir argument (a sweep's) wins over the settings' workdir.
+    given_run = svm_experiment.run(given, str(tmp_path / "given"), verbose=False)
+    assert given_run["loss_svm"] == whole["loss_svm"]
     written = [json.loads((tmp_path / d / "config.json").read_text()) for d in ("whole", "given")]
     assert {**written[0], "workdir": ""} == {**written[1], "workdir": ""}
     assert set(written[0]) == {s.name for s in svm_experiment.SETTINGS}

@@ -91,8 +91,15 @@ def test_a_workdir_with_other_settings_is_refused(tmp_path):
     config = train_lib.TrainConfig(epochs=1, batch_size=10, learning_rate=0.03)
     studies.check_settings(tmp_path, model, config)
     studies.check_settings(tmp_path, model, dataclasses.replace(config, epochs=5))  # goes on
-    with pytest.raises(train_lib.ConfigError, match=r"learning_rate=0\.03, not 0\.1"):
-        studies.check_settings(tmp_path, model, dataclasses.replace(config, learning_rate=0.1))
+    other = dataclasses.replace(config, learning_rate=0.1, l2=0.5)
+    with pytest.raises(
+        train_lib.ConfigError, match=r"l2=0\.0 \(now 0\.5\), learning_rate=0\.03 \(now 0\.1\)"
+    ):
+        studies.check_settings(tmp_path, model, other)
+    cosine = dataclasses.replace(config, schedule="cosine")  # its rate depends on the epochs
+    studies.check_settings(tmp_path / "cosine", model, cosine)
+    with pytest.raises(train_lib.ConfigError, match=r"epochs=1 \(now 5\)"):
+        studies.check_settings(tmp_path / "cosine", model, dataclasses.replace(cosine, epochs=5))
 
 
 @pytest.mark.parametrize(
@@ -116,3 +123,13 @@ def test_bad_flags_get_one_clear_line(args, message):
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_size_figure_is_titled_with_the_studys_dataset(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(
+        studies, "accuracy_vs_size", lambda series, path, title, **k: drawn.append(title)
+    )
+    config = config_lib.as_dict(expanded_data.resolve({"preset": "quick", "dataset": "kmnist"}))
+    expanded_data.size_figure({}, config, tmp_path / "more_data.png")
+    assert drawn[0].startswith("kmnist, ")

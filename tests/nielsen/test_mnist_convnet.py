@@ -211,6 +211,14 @@ def test_majority_vote():
     np.testing.assert_array_equal(train.majority_vote(votes, 3), [0, 1, 2])
 
 
+def test_ensemble_accuracies_count_every_class():
+    """Labels past 9 (a dataset of more than ten classes) are voted, not an index error."""
+    predictions = np.array([[3, 15, 25], [3, 15, 7], [4, 2, 7]])
+    scored = train.accuracies(predictions, np.array([3, 15, 26]))
+    assert scored["member_accuracy"] == pytest.approx([2 / 3, 2 / 3, 0.0])
+    assert scored["accuracy"] == pytest.approx(2 / 3)  # votes 3, 15, 7
+
+
 def test_diverging_run_stops_and_keeps_last_good_checkpoint(tmp_path):
     args = ["--net=relu", "--train_size=200", "--num_devices=1", "--validation_size=500",
             "--test_size=500", f"--workdir={tmp_path}"]  # fmt: skip
