@@ -45,8 +45,6 @@ over seeds per epoch) and sigmoid_vs_tanh.png (the sigmoid variants beside tanh)
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -61,7 +59,7 @@ from lib.core import config as config_lib
 from lib.core import data as data_lib
 from lib.core.config import AT_LEAST_1, OneOf, Range, Setting
 from lib.core.errors import ConfigError
-from lib.core.metrics import write_json
+from lib.core.metrics import write_json, write_jsonl
 from lib.core.stop import GracefulStop
 from lib.nielsen import nets, studies
 from lib.nielsen import train as train_lib
@@ -290,10 +288,7 @@ def write_outputs(root: Path, config: dict, results: dict) -> None:
     lines = []
     for name, result in results.items():
         lines += studies.study_lines(name, result.history, label=VARIANTS[name].label)
-    path = root / "metrics.jsonl"
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_jsonl(root / "metrics.jsonl", lines)
     where = (
         f"{config['train_size'] or common.training_images(config) or 50_000:,} training "
         f"images of {config['dataset']}, {config['validation_size'] or 10_000:,} validation, "

@@ -47,8 +47,6 @@ more_data.png (final test accuracy against training images, one line per expansi
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -62,7 +60,7 @@ from lib.core import config as config_lib
 from lib.core import data as data_lib
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
 from lib.core.errors import ConfigError
-from lib.core.metrics import write_json
+from lib.core.metrics import write_json, write_jsonl
 from lib.core.stop import GracefulStop
 from lib.nielsen import augment, nets, studies
 from lib.nielsen import train as train_lib
@@ -393,10 +391,7 @@ def write_outputs(root: Path, config: dict, results: dict, reports: dict) -> Non
     lines = []
     for key, (spec, n, result) in results.items():
         lines += studies.study_lines(key, result.history, expansion=spec, train_size=n)
-    path = root / "metrics.jsonl"
-    tmp = path.with_name(".metrics.jsonl.tmp")
-    tmp.write_text("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-    os.replace(tmp, path)
+    write_jsonl(root / "metrics.jsonl", lines)
     size_figure(reports, config, root / "more_data.png")
 
 

@@ -183,6 +183,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_jsonl(path: Path, records: Iterable[Mapping]) -> None:
+    """`records` as a JSON-lines file, one sorted-key object a line, replaced atomically."""
+    lines = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(lines)
+    os.replace(tmp, path)
+
+
 class MetricsWriter:
     """metrics.jsonl plus TensorBoard scalars for one run."""
 
@@ -206,11 +214,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         records = list(records)
-        lines = "".join(json.dumps(_jsonable(r), sort_keys=True) + "\n" for r in records)
-        path = self.workdir / "metrics.jsonl"
-        tmp = path.with_name(".metrics.jsonl.tmp")
-        tmp.write_text(lines)
-        os.replace(tmp, path)
+        write_jsonl(self.workdir / "metrics.jsonl", records)
         last = records[-1][step_key] if records else 0
         self._tensorboard(purge_step=last + 1)
 
