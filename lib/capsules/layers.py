@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lib.core import xla_cpu
+
 # Equation 4's constants.
 M_PLUS, M_MINUS, DOWN_WEIGHT = 0.9, 0.1, 0.5
 # The decoder's sum of squared errors is scaled down so the margin loss dominates.
@@ -109,10 +111,11 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int = 1, impl: str = "auto") -
     gradients; "patches" computes the same forward convolution, but its gradients as
     matrix products over the k*k strided slices of the input: on XLA's CPU backend the
     gradients of PrimaryCaps' 9x9 stride-2 convolution of 256 channels take about 20
-    times longer as convolutions. "auto": patches on CPU, xla elsewhere."""
+    times longer as convolutions. "auto": patches on CPU (unless `lib.core.xla_cpu` runs
+    the reference path), xla elsewhere."""
     if impl not in CONVS:
         raise ValueError(f"unknown convolution '{impl}'; choose from {', '.join(CONVS)}")
-    if impl == "xla" or (impl == "auto" and jax.default_backend() != "cpu"):
+    if impl == "xla" or (impl == "auto" and not xla_cpu.fast_path()):
         return _xla_conv(x, kernel, stride)
     return _patches_conv(x, kernel, stride)
 

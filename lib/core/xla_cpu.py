@@ -35,6 +35,14 @@ def path(env: MutableMapping[str, str] = os.environ) -> str:
     return value
 
 
+def fast_path() -> bool:
+    """Whether this process computes on a CPU by the project's own formulations (its
+    pooling and convolution gradients): on CPU backends, unless the reference path runs."""
+    import jax
+
+    return jax.default_backend() == "cpu" and path() == "fast"
+
+
 def cores() -> int:
     """The cores this process may run on (a `taskset` mask counts, not the machine's total)."""
     try:

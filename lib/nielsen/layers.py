@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from lib.core import xla_cpu
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
@@ -61,12 +63,6 @@ def book_dropout(module: nn.Module, x: jax.Array, rate: float, train: bool) -> j
     return jnp.where(keep, x, 0.0)
 
 
-def _fast_cpu() -> bool:
-    from lib.core import xla_cpu
-
-    return jax.default_backend() == "cpu" and xla_cpu.path() == "fast"
-
-
 def resolve_pool(impl: str) -> str:
     """ "window" is XLA's `reduce_window` max and its `select_and_scatter` gradient;
     "mask" is a reshape max whose gradient is an element-wise mask, the same numbers
@@ -75,7 +71,7 @@ def resolve_pool(impl: str) -> str:
     if impl not in POOLS:
         raise ValueError(f"unknown pooling '{impl}'; choose from {', '.join(POOLS)}")
     if impl == "auto":
-        return "mask" if _fast_cpu() else "window"
+        return "mask" if xla_cpu.fast_path() else "window"
     return impl
 
 
@@ -90,7 +86,7 @@ def resolve_conv(impl: str) -> str:
     if impl not in CONVS:
         raise ValueError(f"unknown convolution '{impl}'; choose from {', '.join(CONVS)}")
     if impl == "auto":
-        return "patches" if _fast_cpu() else "xla"
+        return "patches" if xla_cpu.fast_path() else "xla"
     return impl
 
 

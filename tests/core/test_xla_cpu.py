@@ -147,3 +147,18 @@ def test_patches_convolution_matches_xla_and_its_gradients(shape):
         np.testing.assert_allclose(ours, xla, rtol=0, atol=2e-6 * scale)
     with pytest.raises(ValueError, match="choose from auto, xla, patches"):
         layers.resolve_conv("im2col")
+
+
+@pytest.mark.parametrize("cpu_path", ["fast", "reference"])
+def test_every_auto_convolution_follows_the_cpu_path(monkeypatch, cpu_path):
+    """The book's nets and CapsNet pick their convolution gradients the same way: the
+    project's own (a custom VJP) on the fast path, XLA's on the reference path."""
+    from lib.capsules import layers as capsule_layers
+    from lib.nielsen import layers as book_layers
+
+    monkeypatch.setenv(xla_cpu.ENV, cpu_path)
+    x, k = jnp.ones((1, 12, 12, 2)), jnp.ones((5, 5, 2, 3))
+    for conv in (book_layers.conv_valid, capsule_layers.conv):
+        traced = jax.make_jaxpr(lambda a, b, conv=conv: conv(a, b))(x, k)  # a new trace
+        custom = "custom_vjp" in str(traced)
+        assert custom == (cpu_path == "fast"), conv.__module__
