@@ -9,10 +9,11 @@ Each model runs the experiment's train step (lib.imagenet.train: bfloat16 comput
 float32 parameters, Nesterov SGD, label smoothing, weight decay) compiled over all devices
 with the batch sharded, the state replicated and donated, on one batch of random uint8
 images that already lives on the devices (normalised there, as in training), at each
-model's own resolution or --image_size (raised to the model's smallest input). After
-compiling and `--warmup` steps, `--steps` steps are dispatched back to back and the clock
-stops at one sync at the end, so host and device overlap as in a real run. The input
-pipeline is not part of this number; launch.bench_input measures it.
+model's own resolution or --image_size (raised to the smallest the model trains at: 299
+for Inception v3's auxiliary classifier). After compiling and `--warmup` steps, `--steps`
+steps are dispatched back to back and the clock stops at one sync at the end, so host and
+device overlap as in a real run. The input pipeline is not part of this number;
+launch.bench_input measures it.
 
 Usual batch size: 256 (the reference batch of the ImageNet recipes; Goyal et al. 2017),
 128 for the two-tower AlexNet (Krizhevsky et al. 2012, section 5).
@@ -33,13 +34,14 @@ from experiments import common
 from lib.core import parallel
 from lib.imagenet import train as it
 from lib.imagenet.nets import registry
-from lib.imagenet.nets.registry import UnknownModelError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", [], "Models to time (default: every registered model).")
 flags.DEFINE_integer("batch_size", None, "Global batch; default each model's usual one.")
 flags.DEFINE_integer(
-    "image_size", None, "Input side; default each model's own (224 or 299), at least its minimum."
+    "image_size",
+    None,
+    "Input side; default each model's own (224 or 299), raised to the smallest it trains at.",
 )
 flags.DEFINE_integer("steps", None, "Timed steps; default 50 on accelerators, 3 on CPU.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compiling.")
@@ -103,8 +105,8 @@ def main(argv: Sequence[str]) -> None:
     names = FLAGS.models or list(registry.MODELS)
     for name in names:
         try:
-            it.check_model_name(name)
-        except UnknownModelError as e:
+            registry.check_name(name, it.SMOKE_MODELS)
+        except registry.UnknownModelError as e:
             _fail(str(e))
     if FLAGS.num_devices is not None and not 0 < FLAGS.num_devices <= jax.device_count():
         _fail(f"--num_devices must be in [1, {jax.device_count()}]")

@@ -6,9 +6,10 @@
 Prints a markdown table. Parameters come from `jax.eval_shape` of `init` (nothing is
 materialised); "GMACs (XLA)" from XLA's cost analysis of the compiled inference pass
 at batch 1 (flops / 2); "GMACs (layers)" counts conv and dense multiply-adds the way
-published tables do. XLA leaves out the multiply-adds over convolution padding, so
-its figure is a few percent lower; see `lib/imagenet/nets/registry.py`. Compiling every model
-takes about a minute on two CPU cores.
+published tables do. XLA leaves out the multiply-adds over convolution padding but adds
+the element-wise work, so its figure is 0.5-7% below the layer count for most nets and
+slightly above it for Xception; see `lib/imagenet/nets/registry.py`. A footnote names
+each reference. Compiling every model takes about a minute on two CPU cores.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def format_row(row: dict) -> str:
     )
 
 
+def footnote(names: Sequence[str]) -> str:
+    """Where the reference numbers of `names` come from (registry.REFERENCE_SOURCE), the
+    models that share a source on one line."""
+    by_source: dict[str, list[str]] = {}
+    for name in names:
+        by_source.setdefault(registry.REFERENCE_SOURCE[name], []).append(name)
+    return "references:\n" + "\n".join(
+        f"- {', '.join(models)}: {source}" for source, models in by_source.items()
+    )
+
+
 def _fail(message: str) -> None:
     print(f"model_table: {message}", file=sys.stderr)
     sys.exit(2)
@@ -91,11 +103,7 @@ def main(argv: Sequence[str]) -> None:
     print(format_header(), flush=True)
     for name in names:
         print(format_row(table_row(name, FLAGS.resolution, FLAGS.xla)), flush=True)
-    print(
-        "\nparams: xception counts params + batch_stats (as Keras does); the others "
-        "params only (as torchvision does).\nreference GMACs: torchvision docs; "
-        "alexnet_ksh: hand count from the paper's layer sizes; xception: commonly quoted."
-    )
+    print("\n" + footnote(names))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,7 +45,7 @@ from lib.core.errors import ConfigError, DataError, DivergedError
 from lib.core.stop import GracefulStop
 from lib.imagenet import input_pipeline as ip
 from lib.imagenet import train as train_lib
-from lib.imagenet.nets.registry import UnknownModelError
+from lib.imagenet.nets import registry
 
 Report = Callable[[str], None]
 
@@ -79,9 +79,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", None, "Grain worker processes per host; default CPUs - 2.", kind=int),
 )
 
-# What must not change when a run resumes (the data order and the schedule depend on it).
+# What must not change when a run resumes: the data order, the schedule and the loss
+# depend on it.
 RUN_IDENTITY = ("model", "dataset", "train_split", "synthetic", "image_size", "batch_size",
-                "seed", "workers", "dtype", "learning_rate", "warmup_epochs", "total_steps",
+                "seed", "workers", "dtype", "learning_rate", "warmup_epochs", "momentum",
+                "weight_decay", "label_smoothing", "aux_weight", "total_steps",
                 "processes")  # fmt: skip
 
 IMAGENET_HINT = (
@@ -109,8 +111,8 @@ def resolve(config: Mapping[str, Any] | ConfigDict) -> dict[str, Any]:
         )
     out = {s.name: s.default for s in SETTINGS} | given
     try:
-        model = train_lib.check_model_name(out["model"])
-    except UnknownModelError as e:
+        model = registry.check_name(out["model"], train_lib.SMOKE_MODELS)
+    except registry.UnknownModelError as e:
         raise ConfigError(str(e)) from None
     if out["image_size"] is None:
         out["image_size"] = train_lib.default_resolution(model)
@@ -147,9 +149,10 @@ def validate(config: Mapping[str, Any]) -> None:
     config_lib.check(config, SETTINGS, prefix="--")  # the choices (dtype)
     smallest = train_lib.min_resolution(config["model"])
     if config["image_size"] < smallest:
+        why = registry.TRAIN_SIZE_NOTE.get(config["model"])
         raise ConfigError(
             f"{config['model']} needs --image_size of at least {smallest}, "
-            f"got {config['image_size']}"
+            f"got {config['image_size']}" + (f" ({why})" if why else "")
         )
     processes = jax.process_count()
     for name in ("batch_size", "eval_batch_size"):
@@ -178,6 +181,27 @@ def make_mesh(config: Mapping[str, Any]) -> jax.sharding.Mesh:
                 f"use a multiple of {mesh.size} or set --num_devices"
             )
     return mesh
+
+
+def schedule_steps(config: Mapping[str, Any], train_size: int) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) of the resolved `config` on
+    `train_size` training images; ConfigError for a batch larger than the data or a
+    warm-up as long as the run (its learning rate would never reach the peak nor decay)."""
+    steps_per_epoch = train_size // config["batch_size"]
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"--batch_size={config['batch_size']} is larger than the {train_size} "
+            "training images; lower it or use a larger --train_split"
+        )
+    total_steps = config["steps"] or config["epochs"] * steps_per_epoch
+    warmup_steps = round(config["warmup_epochs"] * steps_per_epoch)
+    if warmup_steps >= total_steps:
+        raise ConfigError(
+            f"--warmup_epochs={config['warmup_epochs']:g} is {warmup_steps} steps, not fewer "
+            f"than the run's {total_steps} ({total_steps / steps_per_epoch:.3g} epochs), so "
+            "the learning rate would never reach its peak nor decay; lower --warmup_epochs"
+        )
+    return steps_per_epoch, total_steps, warmup_steps
 
 
 def check_same_run(workdir: Path, config: Mapping[str, Any]) -> None:
@@ -225,9 +249,9 @@ class Dataset:
             )
         self.num_classes = int(features["label"].num_classes)
         self.train_size = len(self.train)
-        split = config["eval_split"] or ("validation" if "validation" in info.splits else "test")
+        split = config["eval_split"] or _default_eval_split(self.name, info.splits)
+        _check_split(self.name, split, info.splits)
         self.eval = ip.open_tfds_source(self.name, split, config["data_dir"])
-        self.eval_split = split
 
     def train_loader(self, per_host_batch: int) -> grain.DataLoader:
         """This host's share of every global training batch, augmented, endlessly."""
@@ -254,8 +278,41 @@ class Dataset:
             worker_count=c["workers"],
             normalize=False,
         )
-        steps = ip.eval_steps(len(self.eval), per_host_batch, jax.process_count())
+        steps = ip.eval_steps(
+            len(self.eval), per_host_batch, jax.process_count(), worker_count=c["workers"]
+        )
         return ip.pad_epoch(iter(loader), steps)
+
+
+def _held_out_hint(splits: Collection[str]) -> str:
+    """Flags that evaluate on the last 5% of a split and train on the rest."""
+    name = "train" if "train" in splits else sorted(splits)[0]
+    return f"--train_split='{name}[:95%]' --eval_split='{name}[95%:]'"
+
+
+def _default_eval_split(dataset: str, splits: Collection[str]) -> str:
+    """validation, else test; ConfigError for a dataset with neither."""
+    for name in ("validation", "test"):
+        if name in splits:
+            return name
+    raise ConfigError(
+        f"dataset '{dataset}' has no validation or test split (its splits: "
+        f"{', '.join(sorted(splits))}); hold some images out for evaluation with "
+        f"--eval_split, e.g. {_held_out_hint(splits)}"
+    )
+
+
+def _check_split(dataset: str, split: str, splits: Collection[str]) -> None:
+    """ConfigError unless every split named in the TFDS split string `split` (slices like
+    "test[:1000]" and unions like "train[:5%]+test" allowed) is one of `splits`."""
+    for part in split.split("+"):
+        base = part.split("[")[0].split("(")[0].strip()
+        if base not in splits:
+            raise ConfigError(
+                f"--eval_split={split}: dataset '{dataset}' has no split '{base}' (its "
+                f"splits: {', '.join(sorted(splits))}); name one of them, or hold some "
+                f"training images out, e.g. {_held_out_hint(splits)}"
+            )
 
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -341,7 +398,8 @@ class _Meter:
                 raise DivergedError(
                     f"loss became {m['loss']} at step {bad} (epoch "
                     f"{(bad - 1) // self.steps_per_epoch + 1}); the last good checkpoint is "
-                    "kept. Lower --learning_rate or lengthen --warmup_epochs."
+                    "kept. Start again in a new --workdir with a lower --learning_rate or a "
+                    "longer --warmup_epochs."
                 )
             partial["loss"] += float(m["loss"])
             partial["top1"] += float(m["top1"])
@@ -382,39 +440,37 @@ def train_and_evaluate(
     `should_stop` is asked after every step (on several processes, at progress lines, and
     all save at the same step when any asks); by default SIGTERM and SIGINT ask. A stopped
     run saves a checkpoint and returns with `summary["finished"]` False, writing no
-    summary.json. Raises ConfigError for bad settings before `workdir` is created,
-    UserError for a held workdir, one with another run or a missing dataset before any
-    file of the run is written, and DivergedError on a non-finite loss, keeping the last
-    good checkpoint.
+    summary.json. Raises ConfigError for bad settings (those that need the dataset's
+    splits and size too) and DataError for a missing dataset before `workdir` is created,
+    UserError for a held workdir or one with another run before any file of the run is
+    written, and DivergedError on a non-finite loss, keeping the last good checkpoint.
     """
     config = resolve(config)
     validate(config)
     mesh = make_mesh(config)
+    data = Dataset(config)
+    schedule = schedule_steps(config, data.train_size)
     path = metrics.prepare_workdir(workdir)
     with metrics.hold_workdir(path):  # a second run there is refused, naming this one
-        return _train(config, path, mesh, report or logging.info, should_stop)
+        return _train(config, data, schedule, path, mesh, report or logging.info, should_stop)
 
 
 def _train(
     config: dict[str, Any],
+    data: Dataset,
+    schedule: tuple[int, int, int],
     workdir: Path,
     mesh: jax.sharding.Mesh,
     report: Report,
     should_stop: Callable[[], bool] | None,
 ) -> dict[str, Any]:
-    """The run of `train_and_evaluate`, in the workdir it holds."""
+    """The run of `train_and_evaluate`, in the workdir it holds, on `data` with the
+    `schedule_steps` of its size."""
     processes = jax.process_count()
-    data = Dataset(config)
     train_batch = config["batch_size"] // processes
     eval_batch = config["eval_batch_size"] // processes
 
-    steps_per_epoch = data.train_size // config["batch_size"]
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"--batch_size={config['batch_size']} is larger than the {data.train_size} "
-            "training images; lower it or use a larger --train_split"
-        )
-    total_steps = config["steps"] or config["epochs"] * steps_per_epoch
+    steps_per_epoch, total_steps, warmup_steps = schedule
     config = {**config, "workdir": str(workdir), "total_steps": total_steps,
               "processes": processes}  # fmt: skip
     check_same_run(workdir, config)  # before anything is written there
@@ -424,7 +480,7 @@ def _train(
     recipe = train_lib.Recipe(
         learning_rate=config["learning_rate"],
         total_steps=total_steps,
-        warmup_steps=round(config["warmup_epochs"] * steps_per_epoch),
+        warmup_steps=warmup_steps,
         momentum=config["momentum"],
         weight_decay=config["weight_decay"],
         label_smoothing=config["label_smoothing"],

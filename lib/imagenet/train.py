@@ -90,18 +90,10 @@ def model_names() -> list[str]:
     return [*registry.MODELS, *SMOKE_MODELS]
 
 
-def check_model_name(name: str) -> str:
-    """`name` if known, else an UnknownModelError listing the known names."""
-    if name not in registry.MODELS and name not in SMOKE_MODELS:
-        raise registry.UnknownModelError(
-            f"unknown model '{name}'; choose one of: {', '.join(model_names())}"
-        )
-    return name
-
-
 def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """A registered model (or a smoke model) built with `kwargs` (num_classes, dtype, ...)."""
-    check_model_name(name)
+    """A registered model (or a smoke model) built with `kwargs` (num_classes, dtype, ...);
+    UnknownModelError for another name."""
+    registry.check_name(name, SMOKE_MODELS)
     if name in SMOKE_MODELS:
         return SMOKE_MODELS[name](**kwargs)
     return registry.get_model(name, **kwargs)
@@ -112,7 +104,8 @@ def default_resolution(name: str) -> int:
 
 
 def min_resolution(name: str) -> int:
-    return registry.MIN_RESOLUTION.get(name, 32)
+    """The smallest square input `name` trains at (registry.MIN_TRAIN_RESOLUTION)."""
+    return registry.MIN_TRAIN_RESOLUTION.get(name, 32)
 
 
 # ----------------------------------------------------------------------------- optimiser

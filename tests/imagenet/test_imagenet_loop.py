@@ -9,10 +9,13 @@ run on two cores. The runs have the same settings, so they share one compilation
 import json
 import math
 
+import numpy as np
 import pytest
 from commands import imagenet_result
+from fake_tfds import prepared_copy
 
-from lib.core.errors import ConfigError
+from lib.core import metrics
+from lib.core.errors import ConfigError, DivergedError, UserError
 from lib.imagenet import loop
 
 SMALL = {"model": "resnet_tiny", "dataset": "mnist", "train_split": "train[:512]",
@@ -89,3 +92,78 @@ def test_settings_are_resolved_and_checked_before_anything_is_written(tmp_path):
         with pytest.raises(ConfigError, match=message):
             loop.train_and_evaluate({**SMALL, "steps": None, **bad}, workdir)
     assert not workdir.exists()
+
+
+def test_a_warmup_as_long_as_the_run_is_refused(tmp_path):
+    """The learning rate would rise for the whole run: never at its peak, never decayed."""
+    imagenet = 1_281_167  # 5,004 steps of the default batch per epoch
+    for given in ({"steps": 300}, {"epochs": 5}):  # the default warm-up is 5 epochs
+        with pytest.raises(ConfigError, match=r"not fewer than the run's .* lower --warmup_epochs"):
+            loop.schedule_steps(loop.resolve(given), imagenet)
+    fits = loop.resolve({"steps": 300, "warmup_epochs": 0.01})
+    assert loop.schedule_steps(fits, imagenet) == (5004, 300, 50)
+    # SMALL has 32 steps per epoch: a quarter epoch is its 8 steps.
+    workdir = tmp_path / "never"
+    with pytest.raises(ConfigError, match=r"--warmup_epochs=0.25 is 8 steps, not fewer than"):
+        loop.train_and_evaluate({**SMALL, "warmup_epochs": 0.25}, workdir)
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("weight_decay", 0.0), ("momentum", 0.5), ("label_smoothing", 0.0), ("aux_weight", 1.0)],
+)
+def test_a_resume_with_another_loss_or_optimizer_setting_is_refused(name, value, tmp_path):
+    saved = {**loop.resolve(SMALL), "workdir": str(tmp_path), "total_steps": 8, "processes": 1}
+    metrics.write_json(tmp_path / "config.json", saved)
+    loop.check_same_run(tmp_path, saved)  # the same settings resume
+    before = (tmp_path / "config.json").read_text()
+    with pytest.raises(UserError, match=f"other settings: {name}=.* use another --workdir"):
+        loop.train_and_evaluate({**SMALL, name: value}, tmp_path)
+    assert (tmp_path / "config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "config.json"]
+
+
+def test_an_evaluation_split_the_dataset_lacks_is_named(tmp_path):
+    workdir = tmp_path / "never"
+    with pytest.raises(
+        ConfigError,
+        match=r"--eval_split=validation\[:64\]: dataset 'mnist' has no split 'validation' "
+        r"\(its splits: test, train\).*--eval_split='train\[95%:\]'",
+    ):
+        loop.train_and_evaluate({**SMALL, "eval_split": "validation[:64]"}, workdir)
+    assert not workdir.exists()
+
+
+def test_a_dataset_without_validation_or_test_split_asks_for_eval_split(tmp_path):
+    data_dir = prepared_copy(tmp_path / "tfds", "mnist", train=64, test=1)
+    folder = data_dir / "mnist" / "3.0.1"
+    info = json.loads((folder / "dataset_info.json").read_text())
+    info["splits"] = [s for s in info["splits"] if s["name"] == "train"]
+    (folder / "dataset_info.json").write_text(json.dumps(info))
+    for path in folder.glob("mnist-test.*"):
+        path.unlink()
+    config = {**SMALL, "data_dir": str(data_dir), "train_split": "train", "eval_split": None}
+    with pytest.raises(ConfigError, match=r"no validation or test split \(its splits: train\)"):
+        loop.train_and_evaluate(config, tmp_path / "never")
+    # The split it suggests works.
+    config["train_split"], config["eval_split"] = "train[:95%]", "train[95%:]"
+    assert len(loop.Dataset(loop.resolve(config)).eval) == 3
+
+
+def test_evaluation_with_worker_processes_is_one_padded_pass():
+    """Each Grain worker batches and pads its own share: 40 images in batches of 16 over two
+    workers are 2 + 2 batches, one more than 40 images over one process would take."""
+    config = loop.resolve({**SMALL, "eval_split": "test[:40]", "workers": 2})
+    batches = list(loop.Dataset(config).eval_batches(16))
+    assert [int(b["mask"].sum()) for b in batches] == [16, 16, 4, 4]
+
+
+def test_divergence_advice_names_a_new_workdir():
+    """The advised changes are RUN_IDENTITY settings, which the same workdir refuses."""
+    assert {"learning_rate", "warmup_epochs"} <= set(loop.RUN_IDENTITY)
+    record = {"partial": loop._empty_partial(), "throughput": {}, "wall_time_s": 0.0}
+    meter = loop._Meter(record, batch_size=16, steps_per_epoch=32, step=40)
+    meter.add({"loss": np.float32(np.nan), "top1": np.float32(0.0)})
+    with pytest.raises(DivergedError, match=r"step 41 \(epoch 2\).* in a new --workdir with a"):
+        meter.flush()

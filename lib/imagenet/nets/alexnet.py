@@ -9,15 +9,17 @@ Two variants of one module:
   grouped convolution with two groups. Layers 1 and 2 are followed by local response
   normalisation (section 3.3), itself confined to each GPU's maps. Parameter count
   from the paper's layer sizes: 60,965,224 (the paper rounds it to "60 million").
-- `AlexNet`, the common single-tower form (Krizhevsky 2014, "One weird trick for
-  parallelizing convolutional neural networks"): 64-192-384-256-256 kernels, no
-  grouping, no response normalisation. This is torchvision's `alexnet`
-  (61,100,840 parameters).
+- `AlexNet`, the common single-tower form: torchvision's `alexnet` layers,
+  64-192-384-256-256 kernels, no grouping, no response normalisation (61,100,840
+  parameters). Krizhevsky 2014, "One weird trick for parallelizing convolutional neural
+  networks", gives 64-192-384-384-256 in a footnote; torchvision's 256 kernels in conv 4
+  come from cuda-convnet2's one-GPU configuration.
 
 Both pool the last feature map to 6x6 adaptively so the 9216-wide classifier input
 holds at any resolution; at 224x224 the map is already 6x6 and the pooling is the
 identity. Dropout (p=0.5) acts on the outputs of the two hidden fully connected
-layers, as in the paper (section 4.2).
+layers, as in the paper (section 4.2); torchvision's `alexnet` applies it to their
+inputs instead (before fc6 and fc7), which changes no parameter.
 """
 
 from __future__ import annotations

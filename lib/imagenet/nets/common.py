@@ -1,6 +1,6 @@
 """Pieces the ImageNet-scale model families share: conv + batch norm, pooling helpers.
 
-Conventions of every model in `lib.nets`:
+Conventions of every model in `lib.imagenet.nets`:
 
 - Images are NHWC; `__call__(x, train)` returns float32 logits (compute may run in
   `dtype`, e.g. bfloat16, with float32 parameters kept in `param_dtype`).

@@ -5,14 +5,17 @@
   with optional auxiliary classifiers on modules 4a and 4d (section 5). As in
   torchvision's `googlenet`, every convolution is followed by batch norm
   (which postdates the paper), max pools round their output size up, the
-  auxiliary heads pool adaptively to 4x4, and the "5x5" branch uses a 3x3 kernel:
+  auxiliary heads pool adaptively to 4x4, dropout before the classifier is 0.2 (the
+  paper's is 0.4), and the "5x5" branch uses a 3x3 kernel:
   torchvision's implementation has that kernel size, its published parameter counts
   (6,624,904 without the auxiliary heads, 13,004,888 with them) are for it, and so
   it is the default here; `wide_kernel=5` gives the paper's 5x5 convolutions.
 - Inception v3: Szegedy, Vanhoucke, Ioffe, Shlens & Wojna 2015, "Rethinking the
   Inception Architecture for Computer Vision" (CVPR 2016): factorised 5x5 -> two 3x3
   (module A), n x n -> 1xn + nx1 (module C, n=7), expanded 3x1/1x3 outputs
-  (module E), grid reductions (B, D), and one auxiliary classifier on the 17x17 grid.
+  (module E), grid reductions (B, D), and one auxiliary classifier on the 17x17 grid,
+  which a 299x299 input gives; the classifier refuses a smaller grid, so training with it
+  needs inputs of at least 299x299 (without it, 75x75).
   Layer widths as torchvision's `inception_v3`: 27,161,264 parameters with the
   auxiliary classifier (torchvision's default, and the count it publishes),
   23,834,568 without.
@@ -280,10 +283,16 @@ class InceptionE(nn.Module):
         return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
+# The smallest grid Inception v3's auxiliary classifier takes: its 5x5/3 average pool
+# leaves 5x5 of 17x17, all its unpadded 5x5 convolution needs; a smaller grid would leave
+# an empty map, whose mean is NaN.
+AUX_GRID = 17
+
+
 class InceptionV3Aux(nn.Module):
     """Auxiliary classifier on the 17x17 grid: 5x5/3 average pool, 1x1 (128), 5x5 (768), FC.
 
-    Needs a grid of at least 17x17 (input about 299x299 or more) for its unpadded 5x5.
+    Raises ValueError for a grid under AUX_GRID (an input under 299x299).
     """
 
     num_classes: int
@@ -293,6 +302,12 @@ class InceptionV3Aux(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if min(x.shape[1:3]) < AUX_GRID:
+            raise ValueError(
+                f"Inception v3's auxiliary classifier needs a {AUX_GRID}x{AUX_GRID} grid, "
+                f"got {x.shape[1]}x{x.shape[2]}: train at 299x299 or more, or without it "
+                "(inception_v3_noaux)"
+            )
         x = nn.avg_pool(x, (5, 5), strides=(3, 3))
         x = self.conv(128, (1, 1), name="conv0")(x)
         x = self.conv(768, (5, 5), name="conv1")(x)
@@ -304,7 +319,7 @@ class InceptionV3Aux(nn.Module):
 class InceptionV3(nn.Module):
     """Inception v3 (table 1 of Szegedy et al. 2015) at torchvision's layer widths.
 
-    Smallest input: 75x75 without the auxiliary head (the head needs about 299x299).
+    Smallest input: 75x75, and 299x299 to train with the auxiliary head (AUX_GRID).
     `bn_axis_name`: see `lib.imagenet.nets.common` (None under jit with a sharded batch).
     """
 
@@ -345,7 +360,7 @@ class InceptionV3(nn.Module):
         aux = None
         if self.aux_logits and (train or self.is_initializing()):
             head = InceptionV3Aux(self.num_classes, conv, self.dtype, self.param_dtype, name="aux")
-            logits = head(_aux_input(x, train, grid=17))  # 17x17 at 299x299
+            logits = head(_aux_input(x, train, grid=AUX_GRID))  # 17x17 at 299x299
             aux = logits if train else None
         x = InceptionD(conv, name="mixed7a")(x)
         x = InceptionE(conv, name="mixed7b")(x)

@@ -2,10 +2,12 @@
 Convolutions" (CVPR 2017).
 
 Inception modules replaced by depthwise separable convolutions (a per-channel 3x3
-followed by a 1x1 across channels, with no non-linearity between them), arranged in
-36 convolutional layers over 14 residual blocks: entry flow, the middle flow repeated
-eight times, exit flow (figure 5). Layer sizes, "same" padding and batch-norm
-settings (momentum 0.99, epsilon 1e-3) as Keras Applications' `Xception`.
+followed by a 1x1 across channels, with no non-linearity between them): 36 convolutional
+layers in 14 modules, the entry flow, the middle flow repeated eight times and the exit
+flow (figure 5). All modules but the first (two plain convolutions) and the last (two
+separable ones) have a residual connection: 12 residual blocks (`XceptionBlock`). Layer
+sizes, "same" padding and batch-norm settings (momentum 0.99, epsilon 1e-3) as Keras
+Applications' `Xception`.
 
 Parameter count: Keras reports 22,910,480, which includes each batch norm's moving
 mean and variance (54,528 non-trainable values). Here those are the `batch_stats`
