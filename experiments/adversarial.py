@@ -30,14 +30,15 @@ fooling image per class with its confidence; with several targets, the error of 
 target on the FGSM images made on each other one (transfer). WORKDIR gets
 config.json, summary.json, table.md, error_vs_eps.png (error against eps per net),
 examples.png (clean, perturbation amplified, adversarial) and fooling.png; a finished
-target's results are kept in WORKDIR/targets/, so a rerun after an interruption goes on
-from the next target.
+target's results are kept in WORKDIR/targets/ (the first one's pictures with them), so a
+rerun after an interruption goes on from the next target and draws the same figures.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -401,17 +402,27 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     test = data.load(config["dataset"], order="book").test
     kept = root / "targets"
     kept.mkdir(exist_ok=True)
-    results, pictures = {}, {}
+    results, pictures = {}, None  # the figures show the first target's pictures
     for i, target in enumerate(targets):
-        done = kept / f"{i}.json"
-        if done.exists() and json.loads(done.read_text())["workdir"] == str(target.workdir):
+        done, drawn = kept / f"{i}.json", kept / f"{i}.npz"
+        if (
+            done.exists()
+            and json.loads(done.read_text())["workdir"] == str(target.workdir)
+            and (i > 0 or drawn.exists())
+        ):
             results[target.name] = json.loads(done.read_text())
+            if i == 0:
+                with np.load(drawn) as saved:
+                    pictures = dict(saved)
             say(f"{target.name}: done before, kept in {done}", flush=True)
             continue
         say(f"{target.name} ({target.workdir}):", flush=True)
         if target.checkpoint_notice:
             say(f"  {target.checkpoint_notice}", flush=True)
-        results[target.name], pictures[target.name] = attack(target, test, config, say)
+        results[target.name], shown = attack(target, test, config, say)
+        if i == 0:
+            pictures = shown
+            _save_pictures(drawn, shown)  # before the JSON that marks the target done
         metrics.write_json(done, results[target.name])
     summary = {
         "finished": True,
@@ -434,13 +445,13 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     (root / "table.md").write_text(text + "\n")
     if writer.enabled:
         plots.error_vs_eps(summary, root / "error_vs_eps.png", "test error under attack")
-    if pictures:
-        name, shown = next(iter(pictures.items()))
+    if pictures is not None:
+        name = targets[0].name
         plots.adversarial_examples(
-            shown, root / "examples.png", title=f"{name}: FGSM eps {config['transfer_eps']}"
+            pictures, root / "examples.png", title=f"{name}: FGSM eps {config['transfer_eps']}"
         )
         plots.image_row(
-            shown["fooling"],
+            pictures["fooling"],
             [f"{k}: {c:.4f}" for k, c in enumerate(results[name]["fooling_confidence"])],
             root / "fooling.png",
             title=f"{name}: fooling images (class: confidence)",
@@ -448,6 +459,14 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     writer.write_json("summary.json", summary)
     say(text, flush=True)
     return summary
+
+
+def _save_pictures(path: Path, pictures: dict) -> None:
+    """The pictures' arrays as one .npz, written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.savez(f, **pictures)
+    os.replace(tmp, path)
 
 
 def main(argv):

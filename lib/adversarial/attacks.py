@@ -141,36 +141,76 @@ def minimum_distortion(
 ) -> tuple[jax.Array, jax.Array]:
     """The least-distorted x + r classified as `target`, and whether one was found, per
     image: a full L-BFGS solve for each penalty weight of `c_values`, then `refine`
-    rounds of bisection (in log c, per image) between the largest c that succeeded and
-    the smallest that failed, since a larger c weighs the distortion more.
+    rounds of `search_c` (bisection in log c, per image, between the largest c that
+    succeeded and the smallest above it that failed, since a larger c weighs the
+    distortion more; a tenth of the smallest c tried where none has succeeded yet).
 
     Where no c succeeds the image is returned unchanged with found False.
     """
     check_labels(apply, params, x, target)
     batch = (-1,) + (1,) * (x.ndim - 1)
     best, best_norm = x, jnp.full(len(x), jnp.inf)
-    c_hit = jnp.zeros(len(x))  # the largest c that succeeded (0: none yet)
-    c_miss = jnp.full(len(x), jnp.inf)  # the smallest c above it that failed
 
     def attempt(c):
-        nonlocal best, best_norm, c_hit, c_miss
+        nonlocal best, best_norm
         moved = _distort(apply, params, x, target, c, iterations)
         hit = predictions(apply, params, moved) == target
         norm = rms_distortion(x, moved)
         better = hit & (norm < best_norm)
         best = jnp.where(better.reshape(batch), moved, best)
         best_norm = jnp.where(better, norm, best_norm)
-        c_hit = jnp.where(hit & (c > c_hit), c, c_hit)
-        c_miss = jnp.where(~hit & (c > c_hit) & (c < c_miss), c, c_miss)
+        return hit
 
-    for c in sorted(c_values):
-        attempt(jnp.full(len(x), c, jnp.float32))
-    for _ in range(refine):
-        found = c_hit > 0
-        above = jnp.where(jnp.isfinite(c_miss), c_miss, 10 * jnp.maximum(c_hit, 1e-3))
-        middle = jnp.sqrt(jnp.maximum(c_hit, 1e-12) * above)
-        attempt(jnp.where(found, middle, jnp.min(jnp.asarray(c_values)) / 10))
+    search_c(attempt, len(x), c_values, refine)
     return best, jnp.isfinite(best_norm)
+
+
+def search_c(
+    attempt: Callable[[jax.Array], jax.Array],
+    n: int,
+    c_values: Sequence[float],
+    refine: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The search over the penalty weight c of `minimum_distortion`, for n images at once:
+    `attempt(c)` solves with each image's own c (n,) and says which succeeded (n,). Every
+    c of `c_values` is tried, smallest first, then `refine` rounds of `next_c`. Returns
+    (c_hit, c_miss): per image, the largest c that succeeded (0 where none did) and the
+    smallest c above it that failed (inf where none did)."""
+    if not len(c_values) or min(c_values) <= 0:
+        raise ValueError(f"c_values must be positive penalty weights; got {tuple(c_values)}")
+    c_hit, c_miss = jnp.zeros(n), jnp.full(n, jnp.inf)
+    for c in sorted(c_values):
+        c = jnp.full(n, c, jnp.float32)
+        c_hit, c_miss = update_bracket(c, attempt(c), c_hit, c_miss)
+    for _ in range(refine):
+        c = next_c(c_hit, c_miss)
+        c_hit, c_miss = update_bracket(c, attempt(c), c_hit, c_miss)
+    return c_hit, c_miss
+
+
+def update_bracket(
+    c: jax.Array, hit: jax.Array, c_hit: jax.Array, c_miss: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """The bracket (c_hit, c_miss) after trying c with outcome `hit`, per image: c_hit the
+    largest c that succeeded (0: none), c_miss the smallest that failed above it (inf:
+    none), so that c_hit < c_miss always. Where none has succeeded, c_miss is the smallest
+    c that failed."""
+    c_hit_new = jnp.where(hit & (c > c_hit), c, c_hit)
+    # A success at or above the old c_miss leaves no failure known above it.
+    c_miss = jnp.where(c_miss <= c_hit_new, jnp.inf, c_miss)
+    c_miss = jnp.where(~hit & (c > c_hit_new) & (c < c_miss), c, c_miss)
+    return c_hit_new, c_miss
+
+
+def next_c(c_hit: jax.Array, c_miss: jax.Array) -> jax.Array:
+    """The c to try next, per image: midway in log c between c_hit and c_miss (ten times
+    c_hit when no c above it has failed); a tenth of the smallest c that failed where
+    none has succeeded, so every round tries a new, smaller c."""
+    found = c_hit > 0
+    above = jnp.where(jnp.isfinite(c_miss), c_miss, 10 * c_hit)
+    middle = jnp.sqrt(jnp.where(found, c_hit, 1.0) * jnp.where(found, above, 1.0))
+    lower = jnp.where(jnp.isfinite(c_miss), c_miss, 1.0) / 10
+    return jnp.where(found, middle, lower)
 
 
 def fooling_images(

@@ -1,13 +1,16 @@
 """Restricted Boltzmann machines trained by one step of contrastive divergence (CD-1), the
 layers of the deep belief nets of Hinton and Salakhutdinov, "Reducing the dimensionality of
-data with neural networks" (Science 2006), with the recipe of Hinton's "A practical guide
-to training restricted Boltzmann machines" (2010).
+data with neural networks" (Science 2006), as the Matlab code published with that paper
+trains them (its rbm.m and rbmhidlinear.m): weights drawn N(0, 0.1^2), biases zero, the
+momentum and weight cost of `lib.autoencoders.train`. (Hinton's later "A practical guide
+to training restricted Boltzmann machines", 2010, advises smaller initial weights, 0.01,
+and visible biases log(p / (1 - p)) of the pixels' means; they are not used here.)
 
 Visible units are logistic: pixel intensities in [0, 1] are taken as their probabilities,
 and the reconstruction uses probabilities rather than samples. Hidden units are either
 binary (logistic, sampled in the positive phase) or, for the code layer of the
-autoencoder, linear with unit-variance Gaussian noise. The update keeps a momentum
-("velocity") and decays the weights (not the biases).
+autoencoder, linear with unit-variance Gaussian noise (`HIDDEN`). The update keeps a
+momentum ("velocity") and decays the weights (not the biases).
 """
 
 from __future__ import annotations
@@ -19,6 +22,12 @@ import jax
 import jax.numpy as jnp
 
 HIDDEN = ("binary", "linear")
+
+
+def check_hidden(hidden: str) -> None:
+    """ValueError unless `hidden` is one of the kinds of hidden unit, `HIDDEN`."""
+    if hidden not in HIDDEN:
+        raise ValueError(f"hidden units {hidden!r} are unknown; choose from {', '.join(HIDDEN)}")
 
 
 class Params(NamedTuple):
@@ -33,7 +42,7 @@ class State(NamedTuple):
 
 
 def init(key: jax.Array, n_visible: int, n_hidden: int, scale: float = 0.1) -> State:
-    """Weights N(0, scale^2), biases zero, velocity zero."""
+    """Weights N(0, scale^2) (0.1: the paper's code), biases zero, velocity zero."""
     params = Params(
         scale * jax.random.normal(key, (n_visible, n_hidden)),
         jnp.zeros(n_visible),
@@ -44,6 +53,7 @@ def init(key: jax.Array, n_visible: int, n_hidden: int, scale: float = 0.1) -> S
 
 def hidden_mean(params: Params, v: jax.Array, hidden: str = "binary") -> jax.Array:
     """E[h | v]: the hidden units' probabilities (binary) or means (linear)."""
+    check_hidden(hidden)
     pre = v @ params.w + params.b_hidden
     return jax.nn.sigmoid(pre) if hidden == "binary" else pre
 

@@ -79,6 +79,13 @@ def pretrain(
     hidden means of the one below, in `root/rbm_<i>` (its checkpoints and metrics), so a
     stopped run resumes at the right layer and step. Returns each RBM's `loop.Result`
     (its state an `rbm.State`), bottom first, or None when `should_stop` ended it early."""
+    for hidden in hiddens:
+        rbm.check_hidden(hidden)
+    if len(hiddens) != len(sizes) - 1:
+        raise ValueError(
+            f"{len(sizes) - 1} RBMs ({'-'.join(map(str, sizes))}) need as many kinds of "
+            f"hidden unit; got {len(hiddens)}"
+        )
     results = []
     v = data
     batches = Batches(len(data), batch_size, seed)
@@ -103,5 +110,5 @@ def pretrain(
         results.append(result)
         if i < len(sizes) - 2:
             hidden = hiddens[i]
-            v = batched(jax.jit(lambda x, p=params, h=hidden: rbm.hidden_mean(p, x, h)), v)
+            v = batched(jax.jit(lambda x, p=params, h=hidden: rbm.up_pass([p], x, [h])), v)
     return results

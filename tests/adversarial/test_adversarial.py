@@ -325,20 +325,29 @@ def test_adversarial_training_lowers_the_error_under_attack(tmp_path):
 
 
 def test_the_experiment_trains_its_own_target_by_pgd(tmp_path, monkeypatch):
+    """Madry et al.'s PGD training, on two short runs of the shallow net the study trains
+    itself, with and without it: PGD at the training budget then fools the PGD-trained
+    net far less often. Measured on CPU over training seeds 0, 1 and 2: errors under PGD
+    of 84-87% plain and 59-62% PGD-trained (clean: 12-13% and 35-38%)."""
     from experiments import adversarial as experiment
 
     # The quick recipe's relu net, as the shallow one, so the attacks take seconds.
-    monkeypatch.setattr(experiment, "QUICK_RECIPE", {"net": "shallow", "batch_size": 50})
+    recipe = {"net": "shallow", "batch_size": 50, "optimizer": "nesterov",
+              "learning_rate": 0.05, "l2": 0.0}  # fmt: skip
+    monkeypatch.setattr(experiment, "QUICK_RECIPE", recipe)
     summary = experiment.run(
-        {"train": ("pgd",), "train_size": 300,
-         "target_epochs": 1, "adversarial_eps": 0.3, "adversarial_steps": 2, "eps": (0.3,),
-         "test_size": 60, "distortion_size": 4, "pgd_steps": 3, "lbfgs_iterations": 5},
+        {"train": ("none", "pgd"), "train_size": 5000,
+         "target_epochs": 2, "adversarial_eps": 0.1, "adversarial_steps": 2, "eps": (0.1,),
+         "test_size": 500, "distortion_size": 4, "pgd_steps": 3, "lbfgs_iterations": 5},
         str(tmp_path), verbose=False,
     )  # fmt: skip
-    assert list(summary["targets"]) == ["shallow, PGD-trained (eps 0.3)"]
+    assert list(summary["targets"]) == ["shallow", "shallow, PGD-trained (eps 0.1)"]
     config = json.loads((tmp_path / "target-pgd" / "config.json").read_text())
     assert config["adversarial_training"] == "pgd" and config["adversarial_steps"] == 2
-    assert summary["targets"]["shallow, PGD-trained (eps 0.3)"]["pgd"]["0.3"] > 0
+    plain, hardened = summary["targets"].values()
+    assert plain["clean_error"] < 0.2 and hardened["clean_error"] < 0.5
+    before, after = plain["pgd"]["0.1"], hardened["pgd"]["0.1"]
+    assert before > 0.7 and after < before - 0.15, (before, after)
 
 
 def test_the_training_budget_grows_over_its_warmup_and_bad_adversaries_are_refused():
