@@ -197,3 +197,15 @@ def result(workdir: Path, keys=MNIST_RESULT, timing=MNIST_TIMING) -> dict:
 def imagenet_result(workdir: Path) -> dict:
     """`result` of a finished ImageNet-scale run."""
     return result(workdir, IMAGENET_RESULT, IMAGENET_TIMING)
+
+
+def assert_refused(done: subprocess.CompletedProcess, *parts: str) -> None:
+    """A command refused as a user's mistake: exit status 1, no traceback, and stderr
+    ending in one line 'error: ...' that names each of `parts`."""
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == lines[-1:], done.stderr
+    for part in parts:
+        assert part in errors[0], errors[0]

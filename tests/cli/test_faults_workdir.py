@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from commands import run_module, start_module
+from commands import assert_refused, run_module, start_module
 
 from lib.core import config as config_lib
 from lib.core import metrics
@@ -30,18 +30,6 @@ HOLD = (  # holds the workdir argv[1] until killed
 
 def convnet(*args):
     return run_module("experiments.mnist_convnet", *TINY, *args, timeout=180)
-
-
-def assert_refused(done, *parts):
-    """Exit status 1, no traceback, and stderr ending in one line 'error: ...' that names
-    each of `parts`."""
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert errors == lines[-1:], done.stderr
-    for part in parts:
-        assert part in errors[0], errors[0]
 
 
 def snapshot(workdir: Path) -> dict:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ import pytest
 
 from experiments import circuits
 from lib.karpathy import gates
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Points away from the max gate's tie, where it has no derivative.
 GATE_POINTS = [(-2.0, 3.0), (0.7, -1.3), (4.0, 4.5)]
@@ -105,10 +108,64 @@ def test_gradient_check_refuses_a_function_that_rounds_to_float32():
         gates.gradient_check(lambda p: jnp.sum(p**2).astype(jnp.float32), jnp.ones(3))
 
 
-@pytest.mark.parametrize("name", ["neuron", "svm", "two_layer", "linear_svm", "conv2"])
+@pytest.mark.parametrize("name", circuits.resolve_check_names(["all"]))
 def test_check_mode_passes_the_lib_models(name):
-    result = circuits.check_model(name, seed=0, batch=2, coords=3, h=1e-6)
-    assert result["relative_error"] < 1e-6, result
+    """Every model --check=all covers, as the command checks it by default (10 coordinates
+    per array, a batch of 2, h = 1e-6), within its default tolerance."""
+    config = circuits.get_config()
+    assert (config.check_batch, config.check_coords, config.check_h) == (2, 10, 1e-6)
+    tolerance = config.check_tolerance
+    result = circuits.check_model(name, seed=0, batch=2, coords=10, h=1e-6)
+    assert result["relative_error"] < tolerance, result
+
+
+# The command, with the neuron's loss given a backward pass that doubles its gradient.
+WRONG_NEURON = """
+import sys
+
+import jax
+from absl import app
+
+from experiments import circuits, common
+
+right = circuits.check_target
+
+
+@jax.custom_vjp
+def doubled(x):
+    return x
+
+
+doubled.defvjp(lambda x: (x, None), lambda _, g: (2 * g,))
+
+
+def check_target(name, key, batch):
+    fn, params = right(name, key, batch)
+    return (lambda p: doubled(fn(p))) if name == "neuron" else fn, params
+
+
+circuits.check_target = check_target
+app.run(circuits.main, argv=sys.argv, flags_parser=common.parse_flags)
+"""
+
+
+def test_check_mode_fails_the_command_on_a_wrong_gradient(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", WRONG_NEURON, "--check=neuron,svm", f"--workdir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.strip()}
+    assert rows["neuron"].endswith("FAILED") and rows["svm"].endswith("ok"), proc.stdout
+    assert "FAILED: neuron (relative error > 1e-06)" in proc.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["passed"] is False
+    assert summary["checks"]["neuron"]["relative_error"] == pytest.approx(1 / 3)  # |2g-g|/3|g|
+    assert not summary["checks"]["neuron"]["passed"] and summary["checks"]["svm"]["passed"]
 
 
 def test_check_mode_names_an_unknown_model_before_any_file(tmp_path):

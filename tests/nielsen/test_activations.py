@@ -6,7 +6,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from commands import run_module
+from commands import assert_refused, run_module
 
 from experiments import activations
 from lib.core import config as config_lib
@@ -130,8 +130,8 @@ def test_study_helpers():
         ),
     ],
 )
-def test_bad_flags_get_one_clear_line(args, message):
-    done = cli(*args)
-    assert done.returncode == 1
-    assert message in done.stderr and "Traceback" not in done.stderr
+def test_bad_flags_get_one_clear_line(args, message, tmp_path):
+    done = cli(f"--workdir={tmp_path / 'run'}", *args)
+    assert_refused(done, message)
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "run").exists()
