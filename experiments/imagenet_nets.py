@@ -1,7 +1,8 @@
 """The ImageNet model zoo trained data-parallel on any TFDS image classification dataset.
 
 ResNet-50 on ImageNet, 90 epochs on one GPU; it should reach about 76% top-1 and 93% top-5
-on the validation set (Goyal et al. 2017 report 76.3% top-1 for 90 epochs; not yet
+on the validation set (Goyal et al. 2017 report 76.3% top-1 for 90 epochs of their
+recipe, with a stepped rate and no label smoothing, which this one adds to; not yet
 measured with this code, which has only run on CPUs so far):
 
     python -m experiments.imagenet_nets --model=resnet50 --dataset=imagenet2012 \\

@@ -17,7 +17,8 @@ WORKDIR=${WORKDIR:-runs/adversarial}
 PYTHON=${PYTHON:-python}
 STUDY=${STUDY:-training,rungs}
 EPOCHS=${EPOCHS:-8}
-# The quick recipe (experiments.adversarial.QUICK_RECIPE), for every rung (the ladder's own runs keep the book's).
+# The quick recipe (experiments.adversarial.QUICK_RECIPE; tests/cli/test_launch_scripts.py
+# checks the two agree), for every rung (the ladder's own runs keep the book's).
 RECIPE=(--max_shift=1 --batch_size=100 --optimizer=nesterov --learning_rate=0.05
   --l2=0.02 --schedule=cosine)
 

@@ -4,7 +4,9 @@ Run by tests/test_multiprocess.py, either alone with eight simulated devices or 
 one of two processes with four each (through launch.local_cluster). Every process
 draws the same global batches, keeps only the rows its own devices hold, and
 feeds that share; parameters are replicated. Process 0 alone writes the final
-parameters to OUT_DIR/params.npz.
+parameters to OUT_DIR/params.npz. Every process hands each step's loss to the project's
+MetricsWriter (which lets process 0 alone write OUT_DIR/metrics.jsonl) and leaves a mark
+in OUT_DIR/ran/ that it got this far.
 
     python tests/multiprocess_worker.py OUT_DIR
 """
@@ -41,6 +43,7 @@ def main(out_dir: str) -> None:
     import numpy as np
 
     from lib.core import parallel
+    from lib.core.metrics import MetricsWriter
 
     mesh = parallel.make_mesh()
     data_sharding = parallel.batch_sharding(mesh)
@@ -63,11 +66,16 @@ def main(out_dir: str) -> None:
 
     step = jax.jit(step, out_shardings=(replicated, replicated))
     rows = process_rows(data_sharding, (GLOBAL_BATCH, FEATURES))
-    for _ in range(STEPS):
+    writer = MetricsWriter(out_dir)
+    for k in range(STEPS):
         x = rng.normal(size=(GLOBAL_BATCH, FEATURES)).astype(np.float32)
         y = rng.integers(0, CLASSES, size=(GLOBAL_BATCH,)).astype(np.int32)
         x, y = parallel.put_process_batch((x[rows], y[rows]), mesh)
         params, loss = step(params, x, y)
+        writer.write({"epoch": k + 1, "loss": float(loss.addressable_data(0))})
+    writer.close()
+    os.makedirs(os.path.join(out_dir, "ran"), exist_ok=True)
+    open(os.path.join(out_dir, "ran", f"process_{jax.process_index()}"), "w").close()
 
     if jax.process_index() == 0:
         # Replicated arrays are whole on every process, so no gather is needed.

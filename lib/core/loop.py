@@ -109,9 +109,11 @@ def train(
     resuming from the newest intact checkpoint in `workdir/checkpoints` when there is one.
 
     After each epoch: `evaluate(state)` (a dict of numbers), an entry in metrics.jsonl
-    (epoch, the means of the steps' metrics as train_<name>, the evaluation, epoch_time_s,
-    examples_per_s) and a checkpoint. `should_stop` is asked after every step: a stop
-    mid-epoch saves the partial epoch, which a resume completes as if never stopped.
+    (epoch, the means of the steps' metrics as train_<name>, the evaluation, epoch_time_s:
+    training and evaluation, unlike `lib.nielsen.train`'s, which times the training alone;
+    examples_per_s: of the training) and a checkpoint. `should_stop` is asked after every
+    step: a stop mid-epoch saves the partial epoch, which a resume completes as if never
+    stopped.
     Raises DivergedError when a `loss` metric is not finite (checked at each progress
     report and at the epoch's end, before any save), and
     UserError when no checkpoint is intact or the disk fills while saving.

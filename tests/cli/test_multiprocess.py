@@ -1,5 +1,6 @@
 """Two processes with four CPU devices each train like one process with eight."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,12 @@ def test_two_processes_match_one_process_with_eight_devices(two_by_four, tmp_pat
 
 
 def test_only_process_zero_writes(two_by_four):
-    assert sorted(os.listdir(two_by_four)) == ["params.npz"]
+    """Both processes reached the end and handed every step's metrics to the writer; the
+    files hold them once."""
+    assert sorted(os.listdir(two_by_four / "ran")) == ["process_0", "process_1"]
+    lines = (two_by_four / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    assert sorted(os.listdir(two_by_four)) == ["metrics.jsonl", "params.npz", "ran", "tensorboard"]
 
 
 def test_join_cluster_runs_a_module_as_a_cluster_member(two_by_four, tmp_path):
