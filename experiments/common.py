@@ -24,12 +24,11 @@ from lib.core.config import (  # noqa: F401
     Setting,
 )
 from lib.core.errors import ConfigError, DivergedError, UserError
+from lib.core.stop import STOPPED  # the status of a stopped run (SIGTERM, Ctrl-C)
 from lib.nielsen import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
 
-# A stopped run (SIGTERM, Ctrl-C) exits with this status; running it again resumes.
-STOPPED = 3
 
 # How a run executes, not what it computes: the MNIST experiments share these settings.
 PROGRAM_SETTINGS = (

@@ -60,7 +60,8 @@ flags.DEFINE_string(
 
 MARKERS = readme_tables.markers("ladder table")
 
-RESULT_FILES = ("summary.json", "config.json", "metrics.jsonl", "test_predictions.npy")
+# summary.json last: a kept folder with the run's summary holds the whole run
+RESULT_FILES = ("config.json", "metrics.jsonl", "test_predictions.npy", "summary.json")
 VOTERS = "dropout"  # the ensemble row is the vote of this rung's finished seeds
 
 
@@ -72,6 +73,13 @@ def keep_results(workdir: Path, results: Path) -> None:
         if (workdir / name).exists():
             shutil.copyfile(workdir / name, results / f".{name}.tmp")
             (results / f".{name}.tmp").replace(results / name)
+
+
+def kept_already(workdir: Path, results: Path) -> bool:
+    """Whether `results` holds the whole of the finished run in `workdir`: its summary.json,
+    copied last, is the workdir's."""
+    kept = results / "summary.json"
+    return kept.exists() and kept.read_bytes() == (workdir / "summary.json").read_bytes()
 
 
 def finished(root: Path, name: str) -> list[tuple[int, Path]]:
@@ -194,6 +202,9 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
     try:
+        for flag in ("workdir", "results"):
+            if FLAGS[flag].value:
+                metrics.refuse_url(FLAGS[flag].value, f"--{flag}")
         dataset = FLAGS.dataset.replace("/", "_")
         ladder(
             Path(FLAGS.workdir or ("runs/ladder" + ("" if dataset == "mnist" else f"-{dataset}")))
@@ -226,7 +237,7 @@ def ladder(root: Path) -> None:
                 kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
                 config = {**given, "net": name, "seed": seed}
                 if done(workdir, config):
-                    if kept is not None and not (kept / "summary.json").exists():
+                    if kept is not None and not kept_already(workdir, kept):
                         keep_results(workdir, kept)
                     continue
                 print(f"== {name}, seed {seed} -> {workdir}", flush=True)

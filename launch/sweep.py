@@ -15,7 +15,9 @@ error) and the sweep goes on. At the end the sweep prints the table of
 
 A sweep that is killed, even by SIGKILL, takes its runs with it (on Linux): each
 gets SIGTERM, which an experiment answers by saving a checkpoint and stopping. A
-re-run waits for any such run still saving before it resumes that workdir.
+re-run waits for any such run still saving before it resumes that workdir. A run that
+a signal of its own stops (it saves and exits with status 3) is not failed: the sweep
+stops too, as on Ctrl-C, and the same command resumes both.
 Flags not listed below are passed unchanged to every run.
 
 Specs:
@@ -69,6 +71,8 @@ from absl import logging as absl_logging  # noqa: F401 - which are not the modul
 
 from launch import results
 from launch.cli import OneLineParser, UsageError
+from lib.core.metrics import LOCK as WORKDIR_LOCK  # holds the pid of the run holding it
+from lib.core.stop import STOPPED  # the exit status of a run that saved and stopped
 
 PROG = "sweep"
 RUN_LOCK = ".run.lock"
@@ -369,10 +373,10 @@ class Sweep:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(job.workdir, results.FAILED))
         log = os.path.join(job.workdir, results.LOG)
-        job.log_offset = os.path.getsize(log) if os.path.exists(log) else 0
         with open(log, "a") as f:
             command = " ".join(["python", "-m", self.module_name, *job.args])
             f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+        job.log_offset = os.path.getsize(log)  # the run's own output starts here
         job.start = time.time()
 
     def _finish(self, job: Job, error: str | None, returncode: int | None = None) -> None:
@@ -436,6 +440,14 @@ class Sweep:
                     del running[slot]
                     free.append(slot)
                     job.lock.close()
+                    if code == STOPPED:  # a signal asked the run to save and stop
+                        seconds = time.time() - job.start
+                        print(
+                            f"[{job.index}/{self.total}] {job.name}  stopped after {seconds:.1f} s",
+                            flush=True,
+                        )
+                        # as when a run in this process stops: the sweep stops too
+                        raise KeyboardInterrupt
                     log = os.path.join(job.workdir, results.LOG)
                     error = None
                     if code != 0:
@@ -479,6 +491,16 @@ class Sweep:
             )
 
 
+def _holder(path: str) -> str | None:
+    """The pid that a run's workdir lock records, if it records one."""
+    try:
+        with open(path) as f:
+            pid = f.read().strip()
+    except OSError:
+        return None
+    return pid if pid.isdigit() else None
+
+
 def _wait_for_leftovers(jobs: Sequence[Job], total: int) -> None:
     """Waits for runs that a killed sweep left saving and stopping (they hold RUN_LOCK)."""
     for job in jobs:
@@ -489,9 +511,11 @@ def _wait_for_leftovers(jobs: Sequence[Job], total: int) -> None:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                pid = _holder(os.path.join(job.workdir, WORKDIR_LOCK))
                 print(
                     f"[{job.index}/{total}] {job.name}  waiting for the process an earlier "
-                    "sweep left behind to stop",
+                    f"sweep left behind{f' (pid {pid})' if pid else ''} to stop; "
+                    "kill it to stop waiting",
                     flush=True,
                 )
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -547,7 +571,8 @@ def _sweep_lock(sweep_dir: str):
         except BlockingIOError:
             f.seek(0)
             raise SpecError(
-                f"another sweep (pid {f.read().strip() or '?'}) is running in {sweep_dir}"
+                f"another sweep (pid {f.read().strip() or '?'}) is running in {sweep_dir}; "
+                "wait for it, or use another --sweep_dir"
             ) from None
         f.seek(0)
         f.truncate()
@@ -609,6 +634,11 @@ def sweep(argv: Sequence[str]) -> int:
     runs = expand(args.specs, args.num_trials, args.sweep_seed)
     gpus = _gpu_ids(args.gpus) if args.gpus is not None else None
 
+    if "://" in args.sweep_dir:
+        raise SpecError(
+            f"--sweep_dir={args.sweep_dir}: cloud storage paths are not supported; give a "
+            "local or mounted folder"
+        )
     module_flags = ModuleFlags.load(args.module)
     sweep_dir = os.path.abspath(args.sweep_dir)
     jobs = []

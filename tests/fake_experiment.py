@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 
 from experiments import common
 from lib.core import config as config_lib
+from lib.core import metrics
 from lib.core.config import AT_LEAST_1, Setting
 
 SETTINGS = (
@@ -38,6 +39,7 @@ SETTINGS = (
     Setting("sleep_s", 0.0, "Seconds each epoch takes."),
     Setting("fail_above", math.inf, "Raise an error when learning_rate exceeds this."),
     Setting("stop_until", "", "On SIGTERM, keep 'saving' until this file exists (60 s at most)."),
+    Setting("stop_after", 0, "Stop as if signalled after this many epochs (0: never)."),
 )
 common.define_setting_flags(SETTINGS)
 
@@ -76,11 +78,14 @@ def run(overrides: Mapping[str, Any], workdir: str) -> dict:
     config_lib.check(config, SETTINGS, prefix="--")
     config = config_lib.as_dict(config)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, ".in_use"), "a") as in_use:
+    with open(os.path.join(workdir, metrics.LOCK), "a+") as in_use:
         try:  # two processes in one workdir would be a launcher bug
             fcntl.flock(in_use, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeError(f"{workdir} is in use by another process") from None
+        in_use.truncate(0)  # the holder's pid, as lib.core.metrics.hold_workdir writes it
+        in_use.write(f"{os.getpid()}\n")
+        in_use.flush()
         with _StopOnSigterm() as stop:
             return _run(config, workdir, stop)
 
@@ -110,6 +115,7 @@ def _run(config: dict, workdir: str, stop: _StopOnSigterm) -> dict:
         with open(checkpoint + ".tmp", "w") as f:
             f.write(str(epoch + 1))
         os.replace(checkpoint + ".tmp", checkpoint)
+        stop.requested |= epoch + 1 == config["stop_after"]
         if stop.requested and epoch + 1 < config["epochs"]:
             deadline = time.monotonic() + 60
             while config["stop_until"] and not os.path.exists(config["stop_until"]):

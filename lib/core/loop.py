@@ -91,7 +91,8 @@ def _check_finite(metrics: list[dict], first: int, epoch: int, offset: int, step
         bad = first + int(np.argmax(~np.isfinite(losses)))
         raise DivergedError(
             f"loss became {losses[bad - first]} at epoch {epoch + 1}, step {offset + bad + 1} "
-            f"of {steps}; the last good checkpoint is kept. Lower the learning rate."
+            f"of {steps}; the last good checkpoint is kept; rerun with a lower "
+            "--learning_rate in a new --workdir."
         )
 
 

@@ -49,8 +49,19 @@ def write_json(path: Path, data: Mapping) -> None:
     os.replace(tmp, path)
 
 
+def refuse_url(folder: str | Path, flag: str = "--workdir") -> None:
+    """UserError for a URL such as gs://bucket/run, which Path would fold into a local
+    folder gs:/bucket/run."""
+    if "://" in str(folder):
+        raise UserError(
+            f"{flag}={folder}: cloud storage paths are not supported; give a local or "
+            "mounted folder"
+        )
+
+
 def prepare_workdir(workdir: str | Path) -> Path:
     """Create the run's folder and make sure it can be written, or say what to do."""
+    refuse_url(workdir)
     path = Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 
+# A stopped run (SIGTERM, Ctrl-C) exits with this status; running it again resumes.
+STOPPED = 3
+
 
 class GracefulStop:
     """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying."""

@@ -701,6 +701,18 @@ class Hooks:
     on_progress: Callable[[dict], None] = lambda progress: None
 
 
+def agreed_stop(should_stop: Callable[[], bool]) -> Callable[[], bool]:
+    """`should_stop` asked of every process at once, true when any process was asked to
+    stop: the processes of a multi-process run must save and stop at the same step. Each
+    call is a collective, so every process must call it at the same point of the run."""
+    from jax.experimental import multihost_utils
+
+    def stop() -> bool:
+        return bool(np.asarray(multihost_utils.process_allgather(np.asarray(should_stop()))).any())
+
+    return stop
+
+
 def _first_bad_step(losses: np.ndarray) -> int | None:
     bad = ~np.isfinite(losses.reshape(losses.shape[0], -1)).all(axis=1)
     return int(np.argmax(bad)) if bad.any() else None
@@ -728,6 +740,8 @@ def train_and_evaluate(
     from lib.core.metrics import MetricsWriter
 
     hooks = hooks or Hooks()
+    if should_stop is not None and jax.process_count() > 1:
+        should_stop = agreed_stop(should_stop)  # asked at the same steps by every process
     workdir = Path(workdir)
     train: Split = splits.train
     validate(config, len(train))
@@ -785,11 +799,9 @@ def train_and_evaluate(
         }
     )
 
-    def evaluate(x, split: Split, params, keep: str | None = None) -> dict:
+    def evaluate(x, split: Split, params) -> tuple[dict, np.ndarray]:
         labels = predict_split(predict, params, x, config.eval_batch_size)
-        if keep:  # the labels themselves, for votes over separately trained runs
-            writer.write_array(keep, labels.astype(np.uint8))
-        return accuracies(labels, split.labels)
+        return accuracies(labels, split.labels), labels
 
     finished = True
     try:
@@ -818,7 +830,8 @@ def train_and_evaluate(
                 raise DivergedError(
                     f"loss became {metrics['loss'].reshape(len(metrics['loss']), -1)[bad]} "
                     f"at epoch {epoch + 1}, step {offset + bad + 1} of {steps_per_epoch}; "
-                    "the last good checkpoint is kept. Lower the learning rate."
+                    "the last good checkpoint is kept; rerun with a lower --learning_rate "
+                    "in a new --workdir."
                 )
             done = len(metrics["loss"])
             train_seconds = time.perf_counter() - started
@@ -835,7 +848,7 @@ def train_and_evaluate(
                 checkpoints.save(current_step(state), state, record)
                 finished = False
                 break
-            val = evaluate(val_x, splits.validation, state.params)
+            val, _ = evaluate(val_x, splits.validation, state.params)
             best = record["best"]
             entry = {
                 "epoch": epoch + 1,
@@ -847,8 +860,9 @@ def train_and_evaluate(
             }
             if "member_accuracy" in val:
                 entry["val_member_accuracy"] = val["member_accuracy"]
+            predictions = None  # the test labels at a new best epoch, for votes over runs
             if best is None or val["accuracy"] > best["val_accuracy"]:
-                test = evaluate(test_x, splits.test, state.params, keep="test_predictions.npy")
+                test, predictions = evaluate(test_x, splits.test, state.params)
                 best = {"epoch": epoch + 1, "val_accuracy": val["accuracy"]}
                 best["test_accuracy"] = test["accuracy"]
                 if "member_accuracy" in test:
@@ -858,6 +872,8 @@ def train_and_evaluate(
             record["history"].append(entry)
             record["wall_time_s"] += time.perf_counter() - started
             checkpoints.save(current_step(state), state, record)
+            if predictions is not None:  # only once the checkpoint records this best epoch
+                writer.write_array("test_predictions.npy", predictions.astype(np.uint8))
             writer.write(entry)
             hooks.on_epoch(entry)
             if should_stop is not None and should_stop() and epoch + 1 < config.epochs:

@@ -277,9 +277,13 @@ def test_sigkill_then_rerun_resumes_without_redoing_finished_runs(tmp_path, mode
     args += [f"--stop_until={saved}"]
     code, _ = _start_and_stop_mid_run(d, args, signal.SIGKILL)
     assert code == -signal.SIGKILL
+    leftover = (d / "seed=1" / "pid").read_text()  # the run the killed sweep left saving
     done = _check_resumed(d, args, saved if mode == "subprocess" else None)
     if mode == "subprocess":
-        assert "[2/3] seed=1  waiting for the process an earlier sweep left behind" in done.stdout
+        assert (
+            f"[2/3] seed=1  waiting for the process an earlier sweep left behind (pid {leftover})"
+            " to stop; kill it to stop waiting"
+        ) in done.stdout
 
 
 @pytest.mark.parametrize("mode", ["subprocess", "inprocess"])
@@ -299,6 +303,27 @@ def test_a_second_sweep_on_the_same_dir_is_refused(tmp_path):
         lock.flush()
         done = run_sweep(tmp_path, "--grid", "seed=0", check_rc=2)
     assert "another sweep (pid 12345) is running" in done.stderr
+    assert done.stderr.strip().endswith("wait for it, or use another --sweep_dir")
+
+
+def test_a_run_stopped_by_a_signal_stops_the_sweep_and_is_not_failed(tmp_path):
+    d = tmp_path / "sweep"
+    # the run saves and stops after its first epoch, as on SIGTERM, and exits with STOPPED
+    done = run_sweep(d, "--grid", "seed=0,1", "--stop_after=1", check_rc=130)
+    assert "[1/2] seed=0  stopped after" in done.stdout and "FAILED" not in done.stdout
+    assert "run the same command again to resume" in done.stderr
+    assert not (d / "seed=0" / "failed.json").exists() and not (d / "seed=1").exists()
+    assert results.run_status(str(d / "seed=0")) == results.UNFINISHED
+
+
+def test_the_error_of_a_run_that_dies_silently_is_not_the_log_header(tmp_path):
+    runner = sweep.Sweep(str(tmp_path), FAKE, 1)
+    job = sweep.Job("seed=0", str(tmp_path / "seed=0"), ["--seed=0"], 1)
+    for _ in range(2):  # a fresh log, then one that holds an earlier attempt
+        runner._begin(job)
+        log = os.path.join(job.workdir, results.LOG)
+        assert job.log_offset == os.path.getsize(log)
+        assert sweep._last_line(log, job.log_offset) == ""
 
 
 # ---------------------------------------------------------------- results and ranking
@@ -368,3 +393,10 @@ def test_results_command(tmp_path, capsys):
     assert results.main([str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and all(line.startswith("results: error: ") for line in err)
+
+
+def test_a_cloud_storage_sweep_dir_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main([FAKE, "--sweep_dir=gs://bucket/sweep", "--grid", "seed=1"]) == 2
+    assert "cloud storage paths are not supported" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -128,3 +128,36 @@ def test_short_runs_train_as_before_settings_were_declared(tmp_path):
             np.testing.assert_allclose((value**2).sum(), want["sum_sq"], rtol=1e-5)
             seen.add(name)
     assert seen == set(reference)
+
+
+def test_a_copy_killed_midway_leaves_no_summary_and_is_redone(tmp_path, monkeypatch):
+    run, kept = tmp_path / "run", tmp_path / "kept"
+    fake_run(run, 0.9, np.zeros(100))
+    copy = ladder.shutil.copyfile
+
+    def killed_after_one_file(source, target):
+        monkeypatch.setattr(ladder.shutil, "copyfile", broken)
+        return copy(source, target)
+
+    def broken(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ladder.shutil, "copyfile", killed_after_one_file)
+    with pytest.raises(KeyboardInterrupt):
+        ladder.keep_results(run, kept)
+    assert not (kept / "summary.json").exists()
+    assert not ladder.kept_already(run, kept)
+    monkeypatch.setattr(ladder.shutil, "copyfile", copy)
+    ladder.keep_results(run, kept)
+    assert ladder.kept_already(run, kept)
+    # the run went on (more epochs): its new summary differs from the kept one
+    (run / "summary.json").write_text(json.dumps({"test_accuracy": 0.95, "epochs": 60}))
+    assert not ladder.kept_already(run, kept)
+
+
+def test_a_cloud_storage_folder_is_refused_in_one_line(tmp_path):
+    done = run_module(
+        "launch.ladder", "--table_only", f"--workdir={tmp_path}", "--results=gs://bucket/kept"
+    )
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--results=gs://bucket/kept: cloud storage paths are not supported" in done.stderr
