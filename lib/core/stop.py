@@ -9,7 +9,8 @@ STOPPED = 3
 
 
 class GracefulStop:
-    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying."""
+    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying. A
+    second Ctrl-C, while the first is pending, interrupts at once (KeyboardInterrupt)."""
 
     def __init__(self):
         self.requested = False
@@ -19,6 +20,8 @@ class GracefulStop:
         return self.requested
 
     def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
 
     def __enter__(self):
