@@ -71,7 +71,9 @@ from absl import logging as absl_logging  # noqa: F401 - which are not the modul
 
 from launch import results
 from launch.cli import OneLineParser, UsageError
+from lib.core.errors import UserError
 from lib.core.metrics import LOCK as WORKDIR_LOCK  # holds the pid of the run holding it
+from lib.core.metrics import refuse_url
 from lib.core.stop import STOPPED  # the exit status of a run that saved and stopped
 
 PROG = "sweep"
@@ -634,11 +636,10 @@ def sweep(argv: Sequence[str]) -> int:
     runs = expand(args.specs, args.num_trials, args.sweep_seed)
     gpus = _gpu_ids(args.gpus) if args.gpus is not None else None
 
-    if "://" in args.sweep_dir:
-        raise SpecError(
-            f"--sweep_dir={args.sweep_dir}: cloud storage paths are not supported; give a "
-            "local or mounted folder"
-        )
+    try:
+        refuse_url(args.sweep_dir, "--sweep_dir")
+    except UserError as e:
+        raise SpecError(str(e)) from None
     module_flags = ModuleFlags.load(args.module)
     sweep_dir = os.path.abspath(args.sweep_dir)
     jobs = []

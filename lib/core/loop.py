@@ -81,19 +81,14 @@ def _step_metrics(metrics: list[dict]) -> dict[str, list[float]]:
     return {k: [float(np.mean(m[k])) for m in fetched] for k in (fetched[0] if fetched else {})}
 
 
-def _check_finite(metrics: list[dict], first: int, epoch: int, offset: int, steps: int) -> None:
-    """Raises DivergedError at the first non-finite `loss` of metrics[first:]; `offset` is
-    the step of the epoch that metrics[0] belongs to."""
-    if not metrics or "loss" not in metrics[0]:
-        return
-    losses = np.asarray([np.mean(v) for v in jax.device_get([m["loss"] for m in metrics[first:]])])
-    if not np.isfinite(losses).all():
-        bad = first + int(np.argmax(~np.isfinite(losses)))
-        raise DivergedError(
-            f"loss became {losses[bad - first]} at epoch {epoch + 1}, step {offset + bad + 1} "
-            f"of {steps}; the last good checkpoint is kept; rerun with a lower "
-            "--learning_rate in a new --workdir."
-        )
+def _check_finite(losses: list[float], first: int, epoch: int, offset: int, steps: int) -> None:
+    """Raises DivergedError at the first non-finite one of `losses`, the losses of the
+    epoch's steps from its `first`; `offset` is the step of the epoch that the session's
+    first step was."""
+    finite = np.isfinite(np.asarray(losses))
+    if not finite.all():
+        bad = int(np.argmax(~finite))
+        raise DivergedError.at(losses[bad], epoch + 1, offset + first + bad + 1, steps)
 
 
 def train(
@@ -152,7 +147,11 @@ def train(
                 now = time.perf_counter()
                 if now - last_report >= hooks.progress_every_s:
                     last_report = now
-                    _check_finite(metrics, checked, epoch, offset, schedule.steps_per_epoch)
+                    if "loss" in metrics[0]:
+                        losses = _step_metrics([{"loss": m["loss"]} for m in metrics[checked:]])
+                        _check_finite(
+                            losses["loss"], checked, epoch, offset, schedule.steps_per_epoch
+                        )
                     checked = len(metrics)
                     per_step = (now - session_started) / (step - session_first_step)
                     hooks.on_progress(
@@ -166,8 +165,9 @@ def train(
                             "eta_s": per_step * (schedule.total_steps - step),
                         }
                     )
-            _check_finite(metrics, checked, epoch, offset, schedule.steps_per_epoch)
             means = _step_metrics(metrics)
+            losses = means.get("loss", [])[checked:]
+            _check_finite(losses, checked, epoch, offset, schedule.steps_per_epoch)
             train_seconds = time.perf_counter() - started
             partial = record.pop("partial", None) or {k: [] for k in means}
             partial = {k: partial.get(k, []) + means[k] for k in means}

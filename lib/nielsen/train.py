@@ -595,11 +595,8 @@ class _MemberPredict:
         return np.stack(jax.device_get(labels))
 
 
-def majority_vote(predictions: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """The most common label over members (axis 0); ties go to the lowest label. The labels
-    run from 0 to `num_classes` - 1 (by default, to the largest label predicted)."""
-    if num_classes is None:
-        num_classes = int(predictions.max()) + 1
+def majority_vote(predictions: np.ndarray, num_classes: int) -> np.ndarray:
+    """The most common label over members (axis 0); ties go to the lowest label."""
     votes = np.zeros((*predictions.shape[1:], num_classes), np.int32)
     for member in predictions:
         votes[np.arange(member.shape[0]), member] += 1
@@ -827,12 +824,8 @@ def train_and_evaluate(
             state, metrics = runner(state, data, idx, step_key, should_stop, progress, start=offset)
             bad = _first_bad_step(metrics["loss"])
             if bad is not None:
-                raise DivergedError(
-                    f"loss became {metrics['loss'].reshape(len(metrics['loss']), -1)[bad]} "
-                    f"at epoch {epoch + 1}, step {offset + bad + 1} of {steps_per_epoch}; "
-                    "the last good checkpoint is kept; rerun with a lower --learning_rate "
-                    "in a new --workdir."
-                )
+                loss = metrics["loss"].reshape(len(metrics["loss"]), -1)[bad]
+                raise DivergedError.at(loss, epoch + 1, offset + bad + 1, steps_per_epoch)
             done = len(metrics["loss"])
             train_seconds = time.perf_counter() - started
             # A run stopped mid-epoch keeps the metrics of the steps it took, so the epoch's
