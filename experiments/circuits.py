@@ -17,9 +17,10 @@ and prints (seed 0)
       -0.105, 0.315, 0.105, 0.105, 0.210 (backprop, numerical and jax.grad agree to 2e-9)
 
 The gradient check compares `jax.grad` of any of the lib's models with central
-differences, in float64 on a tiny batch, and prints the relative error; a sound
-gradient gives 1e-7 or less (4e-8 for the shallow net, 3e-8 for conv2, 5e-9 for relu),
-a wrong one 1e-2 or more. The command exits with status 1 when a check fails:
+differences, in float64 on a tiny batch, and prints the relative error (floored where
+the differences' roundoff hides the gradient, see `lib.karpathy.gates.gradient_check`);
+a sound gradient gives 2e-8 or less (3e-9 for the shallow net, 5e-9 for conv2, 7e-9 for
+relu), a wrong one 1e-2 or more. The command exits with status 1 when a check fails:
 
     python -m experiments.circuits --check=conv2,relu,svm
     python -m experiments.circuits --check=all      # 13 models, under two minutes

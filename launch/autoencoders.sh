@@ -26,19 +26,12 @@ keep() {  # a finished run's small files, for the README's table
   if [[ -f $WORKDIR/$1/metrics.jsonl ]]; then cp "$WORKDIR/$1/metrics.jsonl" "results/autoencoders/$1/"; fi
 }
 
-finished() {  # whether workdir $1 holds a finished run
-  [[ -f $1/summary.json ]] && "$PYTHON" -c '
-import json, sys
-sys.exit(0 if json.load(open(sys.argv[1])).get("finished") else 1)
-' "$1/summary.json"
-}
-
 for name in $MODELS; do
   case $name in
     vae2d) args=(--model=vae --layers=500,2) ;;  # the 2-d latent manifold
     *) args=(--model="$name") ;;
   esac
-  if finished "$WORKDIR/$name"; then
+  if "$PYTHON" -m launch.finished "$WORKDIR/$name"; then
     echo "== $name: done ($WORKDIR/$name/summary.json)"
   else
     echo "== $name: ${args[*]}"

@@ -121,7 +121,10 @@ def time_case(
     rung = nets.RUNGS[name]
     model = nets.create(name)
     n = IMAGES
-    epoch_examples = 5 * n if rung.expanded else n
+    config = train.TrainConfig(
+        epochs=1, batch_size=batch_size, learning_rate=rung.learning_rate, expanded=rung.expanded
+    )
+    epoch_examples = train.virtual_train_size(n, config)
     optimizer = train.make_optimizer("sgd", rung.learning_rate)
     steps_per_epoch = epoch_examples // batch_size
     step = train.make_train_step(

@@ -23,14 +23,6 @@ RUNS=${RUNS:-baseline,r1_norecon,r1_recon,r3_norecon,r3_recon}
 EXTRA=("$@")  # further flags for every run, e.g. --seed=1
 PYTHON=${PYTHON:-python}
 
-finished() {  # whether workdir $1 holds a finished run of $EPOCHS epochs
-  [[ -f $1/summary.json ]] && "$PYTHON" -c '
-import json, sys
-summary = json.load(open(sys.argv[1]))
-sys.exit(0 if summary.get("finished") and summary.get("epochs") == int(sys.argv[2]) else 1)
-' "$1/summary.json" "$EPOCHS"
-}
-
 declare -A FLAGS=(
   [baseline]="--model=baseline"
   [r1_norecon]="--routing_iterations=1 --noreconstruction"
@@ -42,7 +34,7 @@ declare -A FLAGS=(
 for run in ${RUNS//,/ }; do
   [[ -n ${FLAGS[$run]+x} ]] || { echo "unknown run '$run'; choose from ${!FLAGS[*]}" >&2; exit 1; }
   workdir=$WORKDIR/$run
-  if finished "$workdir"; then
+  if "$PYTHON" -m launch.finished "$workdir" --epochs="$EPOCHS"; then
     echo "$run: done ($workdir/summary.json)"
   else
     # shellcheck disable=SC2086  # the flags are words

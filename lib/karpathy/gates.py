@@ -226,9 +226,17 @@ def gradient_check(
     `fn` maps a pytree of parameters to a scalar (a loss). In each parameter array,
     `num_checks` coordinates chosen at random by `key` (all of them when None or when
     the array is smaller) are nudged by +-h. For each array the error is
-    ||g_analytic - g_numeric|| / (||g_analytic|| + ||g_numeric||), the norms taken over
-    the chosen coordinates (0 where both are zero); the largest over the arrays is
-    returned, so a wrong bias gradient is not hidden by large weight gradients.
+    ||g_analytic - g_numeric|| / max(||g_analytic|| + ||g_numeric||, floor), the norms
+    taken over the chosen coordinates (0 where both are zero); the largest over the arrays
+    is returned, so a wrong bias gradient is not hidden by large weight gradients.
+
+    The floor is the size below which central differences cannot resolve a gradient to
+    better than sqrt(eps) of it: each difference carries the roundoff of its two losses,
+    about eps * |loss| / h, and the floor is the norm of those roundoffs over sqrt(eps).
+    An array whose gradients are as small as that roundoff (a softmax bias at confident
+    predictions, ~1e-8) is measured against the floor, so the roundoff shows as about
+    sqrt(eps) (1.5e-8 in float64) instead of as a relative error near 1; a wrong gradient
+    still shows, scaled down where the array's gradient is smaller than the floor.
 
     Sound gradients give ~1e-8 or less in float64 (the default, which casts `params`
     and enables x64 for the check); anything above ~1e-4 means a wrong gradient, or a
@@ -268,11 +276,16 @@ def gradient_check(
                 coords = rng.choice(size, num_checks, replace=False)
             coords = coords + offset
             offset += size
-            numeric = np.array(
-                [(nudged_loss(c, h) - nudged_loss(c, -h)) / (2 * h) for c in coords.tolist()]
-            )
+            plus = np.array([nudged_loss(c, h) for c in coords.tolist()])
+            minus = np.array([nudged_loss(c, -h) for c in coords.tolist()])
+            numeric = (plus - minus) / (2 * h)
+            eps = np.finfo(numeric.dtype).eps
+            roundoff = eps * np.maximum(np.abs(plus), np.abs(minus)) / h
             exact = analytic[coords]
-            scale = np.linalg.norm(exact) + np.linalg.norm(numeric)
+            scale = max(
+                np.linalg.norm(exact) + np.linalg.norm(numeric),
+                np.linalg.norm(roundoff) / np.sqrt(eps),
+            )
             if scale > 0:
                 worst = max(worst, float(np.linalg.norm(exact - numeric) / scale))
         return worst

@@ -1,12 +1,15 @@
 """The launch scripts: valid bash, and settings they repeat agree with the Python they name."""
 
+import json
 import re
 import subprocess
+import sys
 
 import pytest
 from commands import ROOT
 
 from experiments import adversarial
+from launch import finished
 
 SCRIPTS = sorted((ROOT / "launch").glob("*.sh"))
 
@@ -23,3 +26,41 @@ def test_the_blind_spot_script_trains_the_rungs_by_the_studys_quick_recipe():
     flags = dict(re.findall(r"--(\w+)=(\S+)", recipe))
     expected = {k: str(v) for k, v in adversarial.QUICK_RECIPE.items() if k != "net"}
     assert flags == expected
+
+
+@pytest.mark.parametrize(
+    "summary, epochs, expected",
+    [
+        ({"finished": True, "epochs": 50}, None, True),
+        ({"finished": True, "epochs": 50}, 50, True),
+        ({"finished": True, "epochs": 30}, 50, False),  # finished, at other settings
+        ({"finished": False, "epochs": 50}, 50, False),  # stopped: resume it
+        ({"finished": False, "epochs": 50}, None, False),
+        ({"epochs": 50}, None, False),
+        (None, None, False),  # no summary.json yet
+        ("{", 50, False),  # a damaged summary.json
+    ],
+)
+def test_finished_reads_the_runs_summary(tmp_path, summary, epochs, expected):
+    if isinstance(summary, dict):
+        (tmp_path / "summary.json").write_text(json.dumps(summary))
+    elif summary is not None:
+        (tmp_path / "summary.json").write_text(summary)
+    assert finished.finished(tmp_path, epochs) is expected
+
+
+@pytest.mark.parametrize(
+    "args, code",
+    [([], 0), (["--epochs=50"], 0), (["--epochs=30"], 1), (["--epochs=x"], 2)],
+)
+def test_finished_command_answers_in_its_exit_status(tmp_path, args, code):
+    (tmp_path / "summary.json").write_text(json.dumps({"finished": True, "epochs": 50}))
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.finished", str(tmp_path), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == code, done.stderr
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == (code == 2), done.stderr

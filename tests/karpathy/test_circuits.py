@@ -103,6 +103,43 @@ def test_gradient_check_detects_a_wrong_gradient():
     assert gates.gradient_check(loss, params) > 0.3
 
 
+def _offset_loss(factor: float = 1.0):
+    """A loss of about 10 whose "w" gradients are ~1 and backpropagate times `factor`, and
+    whose "b" gradients are ~1e-8, as small as the central differences' roundoff there
+    (eps * 10 / h = 2e-9), like a softmax bias's at confident predictions."""
+
+    @jax.custom_vjp
+    def scaled(x):
+        return x
+
+    scaled.defvjp(lambda x: (x, None), lambda _, g: (factor * g,))
+
+    def loss(p):
+        return 10.0 + jnp.sum(jnp.tanh(scaled(p["w"]))) + 1e-8 * jnp.sum(p["b"] ** 2)
+
+    params = {"w": jnp.array([0.3, -0.5, 1.2]), "b": jnp.array([1.0, -0.7, 0.4])}
+    return loss, params
+
+
+def test_gradient_check_passes_gradients_as_small_as_the_roundoff():
+    loss, params = _offset_loss()
+    assert gates.gradient_check(loss, params) < 1e-7
+
+
+@pytest.mark.parametrize("factor", [1.1, -1.0])
+def test_gradient_check_detects_a_wrong_gradient_beside_tiny_ones(factor):
+    loss, params = _offset_loss(factor)
+    # |factor * g - g| / (|factor * g| + |g|) on "w"
+    expected = abs(factor - 1) / (abs(factor) + 1)
+    assert gates.gradient_check(loss, params) == pytest.approx(expected, rel=1e-6)
+
+
+def test_check_mode_passes_a_net_with_tiny_sampled_gradients():
+    """fc2's softmax bias at 3 coordinates: gradients of 1e-8 to 2e-5, at a loss of 10."""
+    result = circuits.check_model("fc2", seed=0, batch=2, coords=3, h=1e-6)
+    assert result["relative_error"] < circuits.get_config().check_tolerance, result
+
+
 def test_gradient_check_refuses_a_function_that_rounds_to_float32():
     with pytest.raises(gates.PrecisionError, match="float32"):
         gates.gradient_check(lambda p: jnp.sum(p**2).astype(jnp.float32), jnp.ones(3))
