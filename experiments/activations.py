@@ -335,6 +335,9 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
 
     with GracefulStop() as stop:
         for name in config["variants"]:
+            if stop():  # asked as the variant before ended: its run is kept, none starts
+                finished = False
+                break
             label = VARIANTS[name].label
 
             def on_start(info, label=label):

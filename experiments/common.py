@@ -23,7 +23,7 @@ from lib.core.config import (  # noqa: F401
     Range,
     Setting,
 )
-from lib.core.errors import ConfigError, DivergedError, UserError
+from lib.core.errors import ConfigError, DivergedError, UserError, storage_error
 from lib.core.stop import STOPPED  # the status of a stopped run (SIGTERM, Ctrl-C)
 from lib.nielsen import DRIVERS, LAYOUTS
 
@@ -232,14 +232,24 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+def fail_on_storage_error(e: OSError, flag: str | None = "--workdir") -> None:
+    """End the process as `fail` does when `e` is a full disk, a permission denied or a
+    read-only file system (lib.core.errors.storage_error), naming the file and what to do
+    (`flag`: the option that names another folder); otherwise raise `e` as it is, a bug."""
+    error = storage_error(e, flag)
+    if error is None:
+        raise e
+    fail(str(error))
+
+
 def run_from_flags(
     argv: list[str], run: Callable[[dict], dict], names: Iterable[str | Setting]
 ) -> dict:
     """Call `run` with the flags' values: every named flag's, or, for Settings, those given
     on the command line (`given_settings`: the config's defaults are the settings'). A user
-    mistake or a diverged run ends the process with one line on stderr and status 1, not
-    a traceback, and a run that reports it stopped early (`summary["finished"]` False)
-    ends with status STOPPED."""
+    mistake, a diverged run, a full disk or a folder it may not write ends the process
+    with one line on stderr and status 1, not a traceback, and a run that reports it
+    stopped early (`summary["finished"]` False) ends with status STOPPED."""
     if len(argv) > 1:  # parse_flags reports these; a main run without it still refuses
         fail(f"unexpected argument {' '.join(argv[1:])!r}")
     if not FLAGS["verbosity"].present:
@@ -253,6 +263,8 @@ def run_from_flags(
         summary = run(config)
     except (UserError, DivergedError) as e:
         fail(str(e))
+    except OSError as e:
+        fail_on_storage_error(e)
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary

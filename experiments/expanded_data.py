@@ -422,6 +422,9 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
     with GracefulStop() as stop:
         for spec in config["expansions"]:
             for n in config["train_sizes"]:
+                if stop():  # asked as the run before ended: it is kept, none starts
+                    finished = False
+                    break
                 key = f"{spec}/n{n}"
                 splits = full._replace(train=full.train.take(n))
 

@@ -46,6 +46,7 @@ from launch import readme_tables, vote
 from lib.core import config as config_lib
 from lib.core import metrics, plots
 from lib.core.errors import UserError
+from lib.core.stop import GracefulStop
 from lib.nielsen import nets, train
 
 FLAGS = flags.FLAGS
@@ -211,6 +212,8 @@ def main(argv):
         )
     except (UserError, train.DivergedError) as e:
         common.fail(str(e))
+    except OSError as e:
+        common.fail_on_storage_error(e)
 
 
 def ladder(root: Path) -> None:
@@ -231,22 +234,27 @@ def ladder(root: Path) -> None:
         trained = [n for n in FLAGS.nets if n != "ensemble"]
         if "ensemble" in FLAGS.nets and VOTERS not in trained:
             trained.append(VOTERS)  # the ensemble is the vote of these runs
-        for name in trained:
-            for seed in seeds:
-                workdir = root / name / f"seed={seed}"
-                kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
-                config = {**given, "net": name, "seed": seed}
-                if done(workdir, config):
-                    if kept is not None and not kept_already(workdir, kept):
+        # Each run's own stop passes a signal that came too late to stop it on to this one.
+        with GracefulStop() as stop:
+            for name in trained:
+                for seed in seeds:
+                    workdir = root / name / f"seed={seed}"
+                    kept = Path(FLAGS.results) / name / f"seed={seed}" if FLAGS.results else None
+                    config = {**given, "net": name, "seed": seed}
+                    if done(workdir, config):
+                        if kept is not None and not kept_already(workdir, kept):
+                            keep_results(workdir, kept)
+                        continue
+                    if stop():
+                        print("stopped; run the same command again to go on", flush=True)
+                        sys.exit(common.STOPPED)
+                    print(f"== {name}, seed {seed} -> {workdir}", flush=True)
+                    summary = mnist_convnet.run(config, str(workdir))
+                    if not summary["finished"]:
+                        print(f"stopped; run the same command again to resume from {workdir}")
+                        sys.exit(common.STOPPED)
+                    if kept is not None:
                         keep_results(workdir, kept)
-                    continue
-                print(f"== {name}, seed {seed} -> {workdir}", flush=True)
-                summary = mnist_convnet.run(config, str(workdir))
-                if not summary["finished"]:
-                    print(f"stopped; run the same command again to resume from {workdir}")
-                    sys.exit(common.STOPPED)
-                if kept is not None:
-                    keep_results(workdir, kept)
     rows = collect(root, FLAGS.nets)
     text = table(rows)
     if FLAGS.readme:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from lib.core.errors import UserError
+from lib.core.errors import UserError, storage_error
 
 FLAGS = flags.FLAGS
 
@@ -202,7 +202,7 @@ def main(argv):
     try:
         write_all(Path(FLAGS.results), Path(FLAGS.readme), Path(FLAGS.docs))
     except (UserError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {storage_error(e, '--readme or --docs') or e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {', '.join(TABLES)} into {FLAGS.readme}")
 

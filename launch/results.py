@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from launch.cli import OneLineParser, UsageError
+from lib.core.errors import storage_error
 
 SWEEP_RECORD = "sweep.json"
 SUMMARY = "summary.json"
@@ -285,6 +286,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, FileNotFoundError) as e:
         print(f"results: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        error = storage_error(e, None)
+        if error is None:
+            raise
+        print(f"results: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

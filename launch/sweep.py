@@ -71,10 +71,13 @@ from absl import logging as absl_logging  # noqa: F401 - which are not the modul
 
 from launch import results
 from launch.cli import OneLineParser, UsageError
-from lib.core.errors import UserError
+from lib.core.errors import UserError, storage_error
 from lib.core.metrics import LOCK as WORKDIR_LOCK  # holds the pid of the run holding it
 from lib.core.metrics import refuse_url
-from lib.core.stop import STOPPED  # the exit status of a run that saved and stopped
+from lib.core.stop import (
+    STOPPED,  # the exit status of a run that saved and stopped
+    GracefulStop,
+)
 
 PROG = "sweep"
 RUN_LOCK = ".run.lock"
@@ -403,24 +406,28 @@ class Sweep:
             raise SpecError(
                 f"{self.module_name} has no run(config, workdir); use --mode=subprocess"
             )
-        for job in jobs:
-            config = module_flags.parse(job.args)
-            self._begin(job)
-            print(f"[{job.index}/{self.total}] {job.name}  running", flush=True)
-            try:
-                run(config, job.workdir)
-            except (Exception, SystemExit) as e:  # one run's failure must not end the sweep
-                with open(os.path.join(job.workdir, results.LOG), "a") as f:
-                    traceback.print_exc(file=f)
-                message = str(e).strip().splitlines()
-                error = f"{type(e).__name__}: {message[0] if message else ''}".rstrip(": ")
-                self._finish(job, error)
-                continue
-            if results.run_status(job.workdir) != results.DONE:
-                # The run came back unfinished without an error: a signal asked it to save
-                # and stop (Ctrl-C lands in the run while it trains), so the sweep stops too.
-                raise KeyboardInterrupt
-            self._finish(job, None)
+        # A run's own stop passes a signal that came too late to stop it on to this one.
+        with GracefulStop() as stop:
+            for job in jobs:
+                if stop():  # asked as an earlier run ended or between runs
+                    raise KeyboardInterrupt
+                config = module_flags.parse(job.args)
+                self._begin(job)
+                print(f"[{job.index}/{self.total}] {job.name}  running", flush=True)
+                try:
+                    run(config, job.workdir)
+                except (Exception, SystemExit) as e:  # one run's failure must not end the sweep
+                    with open(os.path.join(job.workdir, results.LOG), "a") as f:
+                        traceback.print_exc(file=f)
+                    message = str(e).strip().splitlines()
+                    error = f"{type(e).__name__}: {message[0] if message else ''}".rstrip(": ")
+                    self._finish(job, error)
+                    continue
+                if results.run_status(job.workdir) != results.DONE:
+                    # The run came back unfinished without an error: a signal asked it to save
+                    # and stop (Ctrl-C lands in the run while it trains), so the sweep stops too.
+                    raise KeyboardInterrupt
+                self._finish(job, None)
 
     def run_subprocesses(self, jobs: Sequence[Job], gpus: Sequence[str | None]) -> None:
         """Runs jobs as child processes, one per entry of `gpus` at a time (None: no GPU)."""
@@ -693,6 +700,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        error = storage_error(e, "--sweep_dir")
+        if error is None:
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\n{PROG}: stopped; run the same command again to resume", file=sys.stderr)
         return 130

@@ -10,8 +10,10 @@ Each save also stores, in the record, a SHA-256 over the bytes of every leaf of
 the state (computed on the host) and over the record itself. A restore of the
 latest checkpoint tries the steps newest first and takes the first one that
 loads and matches its checksum; the steps it passed over come back with the
-reason, for the caller to report. A save that fails (a full disk) removes what
-it had written, so only complete checkpoints are ever found.
+reason, for the caller to report. A read that fails for what says nothing of the
+step's files (no permission, no memory, an I/O error) raises instead, so that no
+intact step is passed over, nor replaced by the next save. A save that fails (a full
+disk) removes what it had written, so only complete checkpoints are ever found.
 """
 
 from __future__ import annotations
@@ -45,6 +47,17 @@ class DiskFullError(UserError):
 
 class Damaged(Exception):
     """A checkpoint step that cannot be read or does not match its checksum."""
+
+
+# The OS errors of a read that mean a file of the step is gone: the step is damaged. Any
+# other (no permission, an I/O error) says nothing of the step's files.
+_MISSING = (errno.ENOENT, errno.ENOTDIR)
+_DENIED = (errno.EACCES, errno.EPERM)
+# TensorStore's errors are ValueErrors "STATUS: ...", ending "[os_error_code='13']" where
+# an OS error caused them. These statuses, too, say nothing of the files.
+_TENSORSTORE_STATUS = re.compile(r"([A-Z_]+): ")
+_TENSORSTORE_ERRNO = re.compile(r"\[os_error_code='?(\d+)'?\]")
+_TRANSIENT = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED", "ABORTED")
 
 
 class Restored(NamedTuple):
@@ -107,6 +120,25 @@ def _disk_full(e: BaseException) -> bool:
         or "No space left on device" in str(cause)  # TensorStore's errors are no OSError
         for cause in _causes(e)
     )
+
+
+def _read_failure(e: BaseException) -> str:
+    """What a failed read of a checkpoint step says of it: "damaged" when its files are
+    truncated, corrupt or missing; "denied" for a permission denied; "other" for a failure
+    that says nothing of the files (no memory, an I/O error)."""
+    for cause in _causes(e):
+        if isinstance(cause, OSError):
+            code = cause.errno
+        else:  # TensorStore's
+            found = _TENSORSTORE_ERRNO.search(str(cause))
+            code = int(found[1]) if found else None
+        status = _TENSORSTORE_STATUS.match(str(cause))
+        status = status[1] if status else None
+        if code in _DENIED or status == "PERMISSION_DENIED":
+            return "denied"
+        if isinstance(cause, MemoryError) or code not in (None, *_MISSING) or status in _TRANSIENT:
+            return "other"
+    return "damaged"
 
 
 def _short(e: BaseException) -> str:
@@ -253,36 +285,49 @@ class Checkpointer:
 
     def _restore_step(self, step: int, state_like: Any, data: Any) -> tuple[Any, dict]:
         """The state and record of `step`, checked against the checksum saved with them;
-        Damaged, with the reason, when they cannot be read or do not match it."""
+        Damaged, with the reason, when they cannot be read or do not match it. A failure
+        that says nothing of the step's files is raised as it is (a permission denied as
+        a UserError), never as Damaged."""
         with _quiet_unraisable() as collect:
             restored = self._read_step(step, state_like, data)
-            if isinstance(restored, str):
+            if isinstance(restored, Exception):
                 collect()
-        if isinstance(restored, str):
-            raise Damaged(restored)
+        if isinstance(restored, Exception):
+            raise restored
         return restored
 
-    def _read_step(self, step: int, state_like: Any, data: Any) -> tuple[Any, dict] | str:
-        """`_restore_step`'s reading, returning why the step is damaged instead of raising
-        (so that nothing holds on to the failed reads once it returns)."""
+    def _failed(self, step: int, what: str, e: Exception) -> Exception:
+        """What the failed read `e` of `what` ("its record") of `step` raises (see
+        `_read_failure`): Damaged, a UserError or `e` itself."""
+        failure = _read_failure(e)
+        if failure == "denied":
+            return UserError(
+                f"permission denied reading checkpoint step {step} in {self.directory}; "
+                "check the folder's permissions and run the same command again"
+            )
+        return Damaged(f"{what} cannot be read, {_short(e)}") if failure == "damaged" else e
+
+    def _read_step(self, step: int, state_like: Any, data: Any) -> tuple[Any, dict] | Exception:
+        """`_restore_step`'s reading, returning what to raise instead of raising (so that
+        nothing holds on to the failed reads of a damaged step once it returns)."""
         composite = ocp.args.Composite
         try:
             record = self._manager.restore(step, args=composite(record=ocp.args.JsonRestore()))
             record = record.record
         except Exception as e:
-            return f"its record cannot be read, {_short(e)}"
+            return self._failed(step, "its record", e)
         if not isinstance(record, dict):
-            return "its record is not a JSON object"
+            return Damaged("its record is not a JSON object")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
         try:
             args = composite(state=ocp.args.StandardRestore(abstract))
             state = self._manager.restore(step, args=args).state
         except Exception as e:
-            return f"its arrays cannot be read, {_short(e)}"
+            return self._failed(step, "its arrays", e)
         record = dict(record)
         expected = record.pop(CHECKSUM_KEY, None)
         if expected is not None and checksum(state, record) not in (expected, None):
-            return "its contents do not match the checksum saved with them"
+            return Damaged("its contents do not match the checksum saved with them")
         if data is not None:
             import grain
 
@@ -290,7 +335,7 @@ class Checkpointer:
                 args = composite(data=grain.checkpoint.CheckpointRestore(data))
                 self._manager.restore(step, args=args)
             except Exception as e:
-                return f"its data position cannot be read, {_short(e)}"
+                return self._failed(step, "its data position", e)
         return state, record
 
     def restore_latest(self, state_like: Any, data: Any = None) -> Restored | None:

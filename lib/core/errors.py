@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 class UserError(Exception):
     """A bad setting, a missing dataset, an unwritable folder; the message says what to do."""
@@ -25,3 +28,23 @@ class DivergedError(RuntimeError):
             f"loss became {loss} at epoch {epoch}, step {step} of {steps}; the last good "
             "checkpoint is kept; rerun with a lower --learning_rate in a new --workdir."
         )
+
+
+# The OS errors that the machine causes, not the code, and what to do about each.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def storage_error(e: BaseException, flag: str | None = "--workdir") -> UserError | None:
+    """The UserError to report in place of `e` when it is an OSError of a full disk or
+    quota, a permission denied or a read-only file system, naming the file and what to do
+    (`flag`: the option that names another folder, if any); None for any other exception,
+    a bug to raise as it is."""
+    if not isinstance(e, OSError) or e.errno not in (*_FULL, *_DENIED):
+        return None
+    cause = (e.strerror or os.strerror(e.errno)).lower()
+    file = f" for {e.filename}" if e.filename is not None else ""
+    todo = "free some space" if e.errno in _FULL else "check the folder's permissions"
+    if flag is not None:
+        todo += f" or choose another {flag}"
+    return UserError(f"{cause}{file}; {todo}")

@@ -10,11 +10,18 @@ STOPPED = 3
 
 class GracefulStop:
     """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying. A
-    second Ctrl-C, while the first is pending, interrupts at once (KeyboardInterrupt)."""
+    second Ctrl-C, while the first is pending, interrupts at once (KeyboardInterrupt).
+
+    One entered while another is active (a run's, inside a caller that runs several)
+    starts with the outer one's request and passes its own on to it when it ends: a signal
+    that comes too late to stop the run, in its last epoch, still stops the caller, which
+    asks before starting the next run.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = {}
+        self._outer: GracefulStop | None = None
 
     def __call__(self) -> bool:
         return self.requested
@@ -30,9 +37,15 @@ class GracefulStop:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals stay as they were
                 pass
+        outers = [getattr(h, "__self__", None) for h in self._previous.values()]
+        self._outer = next((o for o in outers if isinstance(o, GracefulStop)), None)
+        if self._outer is not None:
+            self.requested |= self._outer.requested
         return self
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._outer is not None and self.requested:
+            self._outer.requested = True
         return False

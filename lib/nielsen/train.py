@@ -10,9 +10,10 @@ The training images live on the device. Each step gathers its mini-batch by
 index, so an epoch is a (steps, batch) array of indices into that data, drawn
 from `jax.random.fold_in(key, epoch)`: the same epoch always sees the same
 batches, which is what makes a resumed run end exactly where an uninterrupted
-one does. Two epoch drivers run those steps: one `lax.scan` over the epoch
-(accelerators: the host stays out of the loop) or a host loop over a jitted
-step (CPU, where XLA runs convolutions inside a scan body several times slower).
+one does. Two epoch drivers run those steps: `lax.scan` over 1,000 steps at a
+time (accelerators: the host only looks in between, for a request to stop) or a
+host loop over a jitted step (CPU, where XLA runs convolutions inside a scan body
+several times slower).
 """
 
 from __future__ import annotations
@@ -110,15 +111,20 @@ def resolve_driver(driver: str) -> str:
 
 CPU_STEPS_PER_CALL = 5
 CPU_BLOCK_MIN_STEPS = 500
+SCAN_STEPS_PER_CALL = 1000
 
 
 def steps_per_call(driver: str, steps_per_epoch: int) -> int:
-    """Steps each call of the host loop runs (`EpochRunner`): on the CPU a block of 5
-    (on two idle cores it took the book's dropout net at batch 10 from 5.2 to 4.1 ms per
-    step; `python -m launch.benchmark --steps_per_call=1,5` compares them), once an epoch
-    has at least 500 steps to repay compiling the block (a few seconds); otherwise one."""
-    long_epoch = steps_per_epoch >= CPU_BLOCK_MIN_STEPS
-    if resolve_driver(driver) == "loop" and jax.default_backend() == "cpu" and long_epoch:
+    """Steps each call of the epoch runner runs (`EpochRunner`). The scan driver scans
+    1,000 at a time: a stop request waits at most two calls (the host looks at each once
+    the next is queued, so the device never waits for it). The host loop runs, on the
+    CPU, a block of 5 (on two idle cores it took the book's dropout net at batch 10 from
+    5.2 to 4.1 ms per step; `python -m launch.benchmark --steps_per_call=1,5` compares
+    them), once an epoch has at least 500 steps to repay compiling the block (a few
+    seconds); otherwise one."""
+    if resolve_driver(driver) == "scan":
+        return SCAN_STEPS_PER_CALL
+    if jax.default_backend() == "cpu" and steps_per_epoch >= CPU_BLOCK_MIN_STEPS:
         return CPU_STEPS_PER_CALL
     return 1
 
@@ -432,12 +438,14 @@ class MemberDevices:
 
 
 class EpochRunner:
-    """Runs a slice of an epoch's steps, by `lax.scan` or by a host loop over jitted steps.
+    """Runs a slice of an epoch's steps, a call of `steps_per_call` steps at a time: a
+    `lax.scan` over them, or a program of that many steps unrolled for the host loop.
 
-    The host loop calls a program of `steps_per_call` steps (unrolled) while that many
-    remain, then single steps: on CPU a block of steps per call saves the per-call cost
-    (dispatch, and the copy XLA makes of donated parameters it updates in place), and each
-    step computes what it would alone (tested bit for bit).
+    The scan driver's calls are long (`SCAN_STEPS_PER_CALL` by default), so the host looks
+    at each one. The host loop calls a block of steps while that many remain, then
+    single steps, and looks in every `check_every` steps: on CPU a block of steps per call
+    saves the per-call cost (dispatch, and the copy XLA makes of donated parameters it
+    updates in place), and each step computes what it would alone (tested bit for bit).
 
     With `members`, `step_fn` is one member's step and each member runs it on its own
     device (`MemberDevices`); state, indices and key carry the leading member axis as
@@ -450,20 +458,22 @@ class EpochRunner:
         driver: str,
         check_every: int = 100,
         members: int = 0,
-        steps_per_call: int = 1,
+        steps_per_call: int | None = None,
     ):
+        self.driver = resolve_driver(driver)
+        if steps_per_call is None:
+            steps_per_call = SCAN_STEPS_PER_CALL if self.driver == "scan" else 1
         if steps_per_call < 1:
             raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
-        self.driver = resolve_driver(driver)
-        self.check_every = check_every
-        self.steps_per_call = steps_per_call if self.driver == "loop" else 1
+        self.steps_per_call = steps_per_call
+        self.check_every = steps_per_call if self.driver == "scan" else check_every
         self.members = MemberDevices(members) if members else None
         if self.driver == "scan":
 
-            def run_scan(state, data, idx, key):
-                return jax.lax.scan(lambda s, i: step_fn(s, data, i, key), state, idx)
+            def steps(state, data, idx, i, key, count):
+                rows = jax.lax.dynamic_slice_in_dim(idx, i, count, 0)
+                return jax.lax.scan(lambda s, row: step_fn(s, data, row, key), state, rows)
 
-            self._scan = jax.jit(run_scan, donate_argnums=0)
         else:
 
             def steps(state, data, idx, i, key, count):
@@ -474,11 +484,14 @@ class EpochRunner:
                     collected.append(metrics)
                 return state, jax.tree.map(lambda *m: jnp.stack(m), *collected)
 
-            self._steps = jax.jit(steps, donate_argnums=0, static_argnums=5)
+        self._steps = jax.jit(steps, donate_argnums=0, static_argnums=5)
 
     def _plan(self, n: int, start: int = 0) -> list[tuple[int, int]]:
-        """(first row, count) of each call over rows start..n-1: blocks, then single steps."""
+        """(first row, count) of each call over rows start..n-1: scans of `steps_per_call`
+        rows (the last may be shorter), or for the host loop blocks, then single steps."""
         block = self.steps_per_call
+        if self.driver == "scan":
+            return [(i, min(block, n - i)) for i in range(start, n, block)]
         whole = n - (n - start) % block if block > 1 else start
         return [(i, block) for i in range(start, whole, block)] + [(i, 1) for i in range(whole, n)]
 
@@ -495,15 +508,10 @@ class EpochRunner:
     ) -> tuple[TrainState, dict[str, np.ndarray]]:
         """Runs the steps of rows `start`.. of `idx` and returns the new state and each
         step's metrics (fewer steps if stopped early). A run resumed mid-epoch passes the
-        epoch's whole `idx` and its `start`, so the host loop reuses the epoch's programs
-        (their shapes are those of the whole `idx`)."""
-        if self.driver == "scan":  # one program over the rows it is given
-            idx, start = idx[start:], 0
+        epoch's whole `idx` and its `start`, so it reuses the epoch's programs (their
+        shapes are those of the whole `idx`)."""
         if self.members is not None:
             return self._run_members(state, data, idx, key, should_stop, progress, start)
-        if self.driver == "scan":
-            state, metrics = self._scan(state, data, idx, key)
-            return state, jax.device_get(metrics)
 
         def call(i, count):
             nonlocal state
@@ -517,13 +525,18 @@ class EpochRunner:
         """call(i, count) for each (first row, count) of `_plan(n, start)`, each giving one
         metrics dict per net it ran; every `check_every` steps the loop stops at a
         non-finite loss (the caller finds the first bad step), reports progress, and stops
-        if asked. Returns what the calls gave, on the host."""
-        collected = []
+        if asked. The scan's calls are looked at once the next one is queued, so the device
+        never waits for the host: it stops a call later. Returns what the calls gave, on
+        the host."""
+        behind = 1 if self.driver == "scan" else 0
+        collected, due = [], []  # due: (steps done, metrics) of the calls to look at
         for i, count in self._plan(n, start):
-            metrics = call(i, count)
-            collected.append(metrics)
+            collected.append(call(i, count))
             done = i + count - start
             if done // self.check_every > (i - start) // self.check_every:
+                due.append((done, collected[-1]))
+            if len(due) > behind:
+                done, metrics = due.pop(0)
                 if not all(np.all(np.isfinite(np.asarray(m["loss"]))) for m in metrics):
                     break
                 if progress is not None:
@@ -541,12 +554,6 @@ class EpochRunner:
         idxs = devices.split(jnp.swapaxes(idx, 0, 1))
         keys = devices.split(key)
         members = range(len(states))
-        if self.driver == "scan":
-            outs = [self._scan(states[m], datas[m], idxs[m], keys[m]) for m in members]
-            states = [s for s, _ in outs]
-            metrics = jax.device_get([m for _, m in outs])
-            stacked = {k: np.stack([m[k] for m in metrics], axis=1) for k in metrics[0]}
-            return devices.stack(states), stacked
 
         def call(i, count):
             out = []
@@ -657,7 +664,7 @@ def compiled_programs(
     members: int,
     layout: str,
     driver: str,
-    steps_per_call: int = 1,
+    steps_per_call: int | None = None,
     adversary: Any = None,
 ) -> tuple[EpochRunner, Callable]:
     """The epoch runner and predictor of a run, shared by every run with the same settings.
@@ -674,7 +681,7 @@ def compiled_programs(
 
 
 def make_runner(
-    step_fn: Callable, members: int, layout: str, driver: str, steps_per_call: int = 1
+    step_fn: Callable, members: int, layout: str, driver: str, steps_per_call: int | None = None
 ) -> EpochRunner:
     """The epoch runner of one net's `step_fn`, or of `members` nets in `layout`."""
     if members > 1 and resolve_layout(layout) == "devices":

@@ -63,6 +63,10 @@ def truncate_record(step_dir: Path) -> None:
     os.truncate(path, path.stat().st_size // 2)
 
 
+def remove_record(step_dir: Path) -> None:
+    (step_dir / "record" / "metadata").unlink()
+
+
 def flip_array_bytes(step_dir: Path) -> None:
     """Overwrite 16 bytes in the middle of the array data, in place: the size stays."""
     path = _array_file(step_dir)
@@ -76,6 +80,7 @@ def flip_array_bytes(step_dir: Path) -> None:
 DAMAGE = {
     "truncated array data": (truncate_array_data, "its arrays cannot be read"),
     "truncated record": (truncate_record, "its record cannot be read"),
+    "missing record": (remove_record, "its record cannot be read"),
     "bytes flipped in place": (flip_array_bytes, "do not match the checksum"),
 }
 
@@ -118,6 +123,77 @@ def test_no_intact_step_is_one_user_error(two_steps):
     assert "step 2: its arrays cannot be read" in message
     assert "step 1: its contents do not match the checksum" in message
     assert "\n" not in message
+
+
+def _deny_reading(monkeypatch, step: int, item: str, error: Exception) -> None:
+    """Reading `item` ("record" or "state") of checkpoint `step` raises `error`, as Orbax
+    does where the process may not read the step's files (and TensorStore, for arrays)."""
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as json_handler
+    from orbax.checkpoint._src.handlers import standard_checkpoint_handler as array_handler
+
+    if item == "record":
+        handler = json_handler.JsonCheckpointHandler
+    else:
+        handler = array_handler.StandardCheckpointHandler
+    read = handler.restore
+
+    def denied(self, directory, *args, **kwargs):
+        if directory.parent.name == str(step):
+            raise error
+        return read(self, directory, *args, **kwargs)
+
+    monkeypatch.setattr(handler, "restore", denied)
+
+
+# What TensorStore raises for an array file that the process may not read.
+TENSORSTORE_DENIED = ValueError(
+    'PERMISSION_DENIED: Error opening "zarr" driver: Error reading "w/.zarray" in OCDBT '
+    'database at local file "/c/2/state/": Failed to open: "/c/2/state/d/88": Permission '
+    "denied [os_error_code='13']"
+)
+DENIED = {
+    "record": PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/c/2/record/metadata"),
+    "state": TENSORSTORE_DENIED,
+}
+
+
+@pytest.mark.parametrize("item", DENIED)
+def test_a_step_that_cannot_be_read_for_permissions_is_not_damaged(two_steps, item):
+    checkpoints = Checkpointer(two_steps)
+    with pytest.MonkeyPatch.context() as patch:
+        _deny_reading(patch, 2, item, DENIED[item])
+        with pytest.raises(UserError) as raised:
+            checkpoints.restore_latest(_state(0))
+        with pytest.raises(UserError):
+            checkpoints.restore(_state(0), step=2)
+    message = str(raised.value)
+    assert message.startswith("permission denied reading checkpoint step 2 in ")
+    assert str(two_steps) in message and "permissions" in message and "\n" not in message
+    assert checkpoints.all_steps() == [1, 2]
+    # Once it may read the folder again, the run resumes from step 2, none passed over.
+    restored = checkpoints.restore_latest(_state(0))
+    assert restored.step == 2 and restored.skipped == () and _same(restored.state, _state(2))
+    checkpoints.close()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        OSError(errno.EIO, os.strerror(errno.EIO), "/c/2/record/metadata"),
+    ],
+    ids=["no memory", "I/O error"],
+)
+def test_other_read_failures_raise_and_leave_the_step(two_steps, error):
+    checkpoints = Checkpointer(two_steps)
+    with pytest.MonkeyPatch.context() as patch:
+        _deny_reading(patch, 2, "record", error)
+        with pytest.raises(type(error)) as raised:
+            checkpoints.restore_latest(_state(0))
+    assert raised.value is error
+    assert checkpoints.all_steps() == [1, 2]
+    assert checkpoints.restore_latest(_state(0)).step == 2
+    checkpoints.close()
 
 
 def _fill_the_disk(monkeypatch) -> None:

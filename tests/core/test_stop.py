@@ -18,3 +18,15 @@ def test_a_signal_asks_to_stop_and_a_second_ctrl_c_interrupts():
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is not stop._handle  # handlers put back
+
+
+def test_a_stop_asked_of_a_run_inside_a_caller_stops_the_caller_too():
+    with GracefulStop() as caller:
+        with GracefulStop() as run:
+            os.kill(os.getpid(), signal.SIGTERM)  # too late for the run: its last epoch ends
+            assert run()
+        assert caller()  # the caller asks before its next run
+        with GracefulStop() as next_run:  # one started anyway stops at its first chance
+            assert next_run()
+    with GracefulStop() as later:  # a stop is not asked of what comes after the caller
+        assert not later()

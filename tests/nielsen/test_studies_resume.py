@@ -1,12 +1,16 @@
 """A study stopped part-way (SIGTERM's graceful stop) and run again ends exactly as one that
-was never stopped: the finished runs are kept, the stopped one resumes from its checkpoint."""
+was never stopped: the finished runs are kept, the stopped one resumes from its checkpoint,
+and a stop that comes as a run ends starts no other."""
 
 import json
+import os
+import signal
 
 import pytest
 
 from experiments import activations, expanded_data
 from lib.core.stop import GracefulStop
+from lib.nielsen import train
 
 STUDIES = {
     "activations": (
@@ -51,8 +55,9 @@ def test_a_stopped_study_resumes_as_if_never_stopped(tmp_path, monkeypatch, name
     whole = module.run(config, workdir=str(tmp_path / "whole"), verbose=False)
 
     with monkeypatch.context() as patch:
-        # asked after each epoch: the third question ends the second run's first epoch
-        patch.setattr(module, "GracefulStop", stop_on_call(3))
+        # asked before each run and after each of its epochs: the fifth question ends the
+        # second run's first epoch
+        patch.setattr(module, "GracefulStop", stop_on_call(5))
         stopped = module.run(config, workdir=str(tmp_path / "split"), verbose=False)
     assert stopped == {"finished": False}
     kept = [p.parent for p in (tmp_path / "split").rglob("summary.json")]
@@ -74,3 +79,21 @@ def test_a_stopped_study_resumes_as_if_never_stopped(tmp_path, monkeypatch, name
     assert timeless(tmp_path / "split" / "metrics.jsonl") == timeless(
         tmp_path / "whole" / "metrics.jsonl"
     )
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_a_stop_as_a_run_ends_starts_no_other_run(tmp_path, monkeypatch, name):
+    module, config = STUDIES[name]
+    train_and_evaluate = train.train_and_evaluate
+
+    def signalled_as_it_ends(*args, **kwargs):
+        result = train_and_evaluate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # too late to stop this run: it has finished
+        return result
+
+    monkeypatch.setattr(train, "train_and_evaluate", signalled_as_it_ends)
+    stopped = module.run({**config, **SMALL}, workdir=str(tmp_path), verbose=False)
+    assert stopped == {"finished": False}
+    started = [p.parent for p in tmp_path.rglob("settings.json")]
+    assert len(started) == 1, "a run started after the stop"
+    assert (started[0] / "summary.json").exists(), "the run that finished is kept"
