@@ -37,10 +37,11 @@ rerun after an interruption goes on from the next target and draws the same figu
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ from lib.core import data, metrics, plots
 from lib.core.checkpoint import Checkpointer
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, OneOf, Range, Setting
 from lib.core.errors import UserError
+from lib.core.stop import GracefulStop
 from lib.nielsen import nets
 from lib.nielsen import train as train_lib
 
@@ -126,9 +128,13 @@ def get_config() -> ConfigDict:
 
 
 class Target:
-    """A finished run's network, its last intact saved parameters, its classes and its name."""
+    """A finished run's network, its last intact saved parameters, its classes and its name.
 
-    def __init__(self, workdir: str | Path):
+    `load(dataset, order=...)` gives the run's dataset whole (default `data.load`); one
+    that keeps what it loaded lets targets of one dataset share it.
+    """
+
+    def __init__(self, workdir: str | Path, load: Callable[..., data.Splits] | None = None):
         self.workdir = Path(workdir)
         config_file, checkpoints = self.workdir / "config.json", self.workdir / "checkpoints"
         if not config_file.exists() or not checkpoints.is_dir():
@@ -154,7 +160,7 @@ class Target:
         if trained_on != "none":
             self.name += f", {trained_on.upper()}-trained (eps {config['adversarial_eps']:g})"
         # The net as the run built it: its classes and image shape are its data's.
-        self.num_classes, image_shape = _classes_and_shape(config)
+        self.num_classes, image_shape = _classes_and_shape(config, load or data.load)
         self.model = nets.create(
             config["net"],
             activation=config["activation"],
@@ -199,13 +205,14 @@ class Target:
         self.apply = NetApply(self.model)
 
 
-def _classes_and_shape(config: Mapping[str, Any]) -> tuple[int, tuple[int, ...]]:
+def _classes_and_shape(
+    config: Mapping[str, Any], load: Callable[..., data.Splits]
+) -> tuple[int, tuple[int, ...]]:
     """The classes and image shape of the images a run of experiments.mnist_convnet with
-    `config` trained on, found as the run found them."""
-    dataset, order = config.get("dataset", "mnist"), config.get("split", "book")
-    splits = common.scored_subsets(
-        data.load(dataset, config.get("train_size"), order=order), config
-    )
+    `config` trained on, found as the run found them in its dataset as `load` gives it."""
+    splits = load(config.get("dataset", "mnist"), order=config.get("split", "book"))
+    splits = splits._replace(train=splits.train.take(config.get("train_size")))
+    splits = common.scored_subsets(splits, config)
     return data.num_classes(splits), splits.train.images.shape[1:]
 
 
@@ -360,46 +367,36 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
         raise UserError(f"--targets names a run twice: {','.join(paths)}")
     if len(set(config["train"])) < len(config["train"]):
         raise UserError(f"--train names a net twice: {','.join(config['train'])}")
-    targets = [Target(p) for p in paths]  # a bad target is named before any work
+    load = functools.cache(data.load)  # each dataset once, for every target and the attacks
+    targets = [Target(p, load) for p in paths]  # a bad target is named before any work
     datasets = sorted({t.config.get("dataset", "mnist") for t in targets})
     if len(datasets) > 1:
         raise UserError(f"--targets were trained on different datasets: {', '.join(datasets)}")
     if datasets:
         config["dataset"] = datasets[0]
     with common.own_workdir(config) as root:
-        return _study(config, root, targets, verbose)
+        return _study(config, root, targets, verbose, load)
 
 
-def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> dict:
-    """The attacks of `run`, in the workdir it holds."""
+def _study(
+    config: dict,
+    root: Path,
+    targets: list[Target],
+    verbose: bool,
+    load: Callable[..., data.Splits],
+) -> dict:
+    """The attacks of `run`, in the workdir it holds; `load` gives the datasets."""
     say = print if verbose else (lambda *a, **k: None)
     writer = metrics.MetricsWriter(root)
     writer.write_json("config.json", config)
     if not targets:
-        for method in config["train"]:
-            workdir = root / ("target" if method == "none" else f"target-{method}")
-            trained = "" if method == "none" else f", trained on {method.upper()} images"
-            say(f"no --targets: the quick recipe's relu net{trained}, in {workdir}", flush=True)
-            summary = mnist_convnet.run(
-                {
-                    **QUICK_RECIPE,
-                    "dataset": config["dataset"],
-                    "epochs": config["target_epochs"],
-                    "train_size": config["train_size"],
-                    "adversarial_training": method,
-                    "adversarial_eps": config["adversarial_eps"],
-                    "adversarial_steps": config["adversarial_steps"],
-                    "adversarial_warmup": config["adversarial_warmup"] if method == "pgd" else 0.0,
-                },
-                str(workdir),
-                verbose=verbose,
-            )
-            if not summary["finished"]:
-                return {"finished": False}
-            targets.append(Target(workdir))
+        targets = _train_targets(config, root, verbose, load)
+        if targets is None:
+            say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+            return {"finished": False}
     _unique_names(targets)
     started = time.perf_counter()
-    test = data.load(config["dataset"], order="book").test
+    test = load(config["dataset"], order="book").test
     kept = root / "targets"
     kept.mkdir(exist_ok=True)
     results, pictures = {}, None  # the figures show the first target's pictures
@@ -459,6 +456,40 @@ def _study(config: dict, root: Path, targets: list[Target], verbose: bool) -> di
     writer.write_json("summary.json", summary)
     say(text, flush=True)
     return summary
+
+
+def _train_targets(
+    config: dict, root: Path, verbose: bool, load: Callable[..., data.Splits]
+) -> list[Target] | None:
+    """The nets of --train, trained in `root` (a finished one is kept); None when a stop
+    was asked before the last of them finished."""
+    say = print if verbose else (lambda *a, **k: None)
+    targets = []
+    with GracefulStop() as stop:
+        for method in config["train"]:
+            if stop():  # asked as the net before finished: it is kept, none starts
+                return None
+            workdir = root / ("target" if method == "none" else f"target-{method}")
+            trained = "" if method == "none" else f", trained on {method.upper()} images"
+            say(f"no --targets: the quick recipe's relu net{trained}, in {workdir}", flush=True)
+            summary = mnist_convnet.run(
+                {
+                    **QUICK_RECIPE,
+                    "dataset": config["dataset"],
+                    "epochs": config["target_epochs"],
+                    "train_size": config["train_size"],
+                    "adversarial_training": method,
+                    "adversarial_eps": config["adversarial_eps"],
+                    "adversarial_steps": config["adversarial_steps"],
+                    "adversarial_warmup": config["adversarial_warmup"] if method == "pgd" else 0.0,
+                },
+                str(workdir),
+                verbose=verbose,
+            )
+            if not summary["finished"]:
+                return None
+            targets.append(Target(workdir, load))
+        return None if stop() else targets  # asked as the last finished: no attack starts
 
 
 def _save_pictures(path: Path, pictures: dict) -> None:

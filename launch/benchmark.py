@@ -63,7 +63,8 @@ flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
 flags.DEFINE_list(
     "steps_per_call",
     ["auto"],
-    "Steps per call of the host loop to time (whole numbers), or auto: what a run uses.",
+    "Steps per call to time (whole numbers): the host loop's block of steps, or the length "
+    "of each of the scan driver's scans; or auto: what a run uses (1000 for the scan driver).",
 )
 flags.DEFINE_list(
     "paths", [], f"CPU formulations to time, of {', '.join(xla_cpu.PATHS)}; default: this one."

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 
 # A stopped run (SIGTERM, Ctrl-C) exits with this status; running it again resumes.
 STOPPED = 3
 
 
 class GracefulStop:
-    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying. A
-    second Ctrl-C, while the first is pending, interrupts at once (KeyboardInterrupt).
+    """While active, SIGTERM (and SIGINT) ask the run to save and stop instead of dying,
+    and the first says so in a line on stderr. A second Ctrl-C, while the first is
+    pending, interrupts at once (KeyboardInterrupt).
 
     One entered while another is active (a run's, inside a caller that runs several)
     starts with the outer one's request and passes its own on to it when it ends: a signal
     that comes too late to stop the run, in its last epoch, still stops the caller, which
-    asks before starting the next run.
+    asks before starting the next run. A request handed on or taken over so is not
+    announced again.
     """
 
     def __init__(self):
@@ -27,9 +31,18 @@ class GracefulStop:
         return self.requested
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
+        with contextlib.suppress(OSError, RuntimeError, ValueError):  # stderr closed or busy
+            print(
+                f"stop requested ({signal.Signals(signum).name}): saving and stopping at the "
+                "next check; press Ctrl-C again to interrupt at once",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):

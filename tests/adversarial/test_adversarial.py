@@ -228,6 +228,21 @@ def test_targets_of_one_architecture_share_their_compiled_attacks(two_targets, m
     assert adversarial.fgsm._cache_size() == before + 1
 
 
+def test_the_study_loads_its_dataset_once_for_all_its_targets(two_targets, tmp_path, monkeypatch):
+    from experiments import adversarial as experiment
+    from lib.core import data
+
+    loaded, load = [], data.load
+    monkeypatch.setattr(data, "load", lambda *a, **k: loaded.append(a) or load(*a, **k))
+    summary = experiment.run(
+        {"targets": [str(t) for t in two_targets], "eps": (0.1,), "test_size": 20,
+         "distortion_size": 2, "pgd_steps": 1, "lbfgs_iterations": 1},
+        str(tmp_path), verbose=False,
+    )  # fmt: skip
+    assert len(summary["targets"]) == 2
+    assert len(loaded) == 1, "each target, or the attacks, loaded the dataset again"
+
+
 def test_an_ensemble_run_is_refused_with_what_to_attack_instead(tmp_path):
     from experiments.adversarial import Target
 

@@ -64,7 +64,7 @@ def test_a_resumed_study_draws_the_first_targets_pictures(tmp_path, monkeypatch)
 
     def study():
         drawn.clear()
-        experiment._study(config, tmp_path / "study", targets, verbose=False)
+        experiment._study(config, tmp_path / "study", targets, False, data.load)
         return [(np.asarray(shown["clean"] if isinstance(shown, dict) else shown), title)
                 for shown, title in drawn]  # fmt: skip
 

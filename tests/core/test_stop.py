@@ -30,3 +30,23 @@ def test_a_stop_asked_of_a_run_inside_a_caller_stops_the_caller_too():
             assert next_run()
     with GracefulStop() as later:  # a stop is not asked of what comes after the caller
         assert not later()
+
+
+def test_a_request_is_announced_once_on_stderr_however_many_stops_hold_it(capsys):
+    with GracefulStop() as caller:
+        with GracefulStop():  # a run's
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same request, pending
+        os.kill(os.getpid(), signal.SIGTERM)  # the caller holds the run's request
+        with GracefulStop() as next_run:  # and hands it to a run started anyway
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert caller() and next_run()
+    with GracefulStop():  # a new request, after the caller's ended
+        os.kill(os.getpid(), signal.SIGTERM)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [
+        "stop requested (SIGINT): saving and stopping at the next check; press Ctrl-C again "
+        "to interrupt at once",
+        "stop requested (SIGTERM): saving and stopping at the next check; press Ctrl-C again "
+        "to interrupt at once",
+    ]
