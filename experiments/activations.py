@@ -29,7 +29,7 @@ steps, tanh(z) = 2 sigmoid(2z) - 1:
     python -m experiments.activations --preset=quick --workdir=runs/activations-quick
 
 The quick preset (every variant, 2 seeds, 5,000 training images, 8 epochs = 4,000
-steps, validated on the first 2,000 validation images) takes about seven minutes on
+steps, validated on the first 2,000 validation images) takes about four minutes on
 two CPU cores; it shows how fast each variant starts, and sigmoid leaving the
 plateau it starts on, not where the variants end. The full study (60 epochs of
 50,000 images, 5 seeds) should end near the book's test accuracies: 99.06% for

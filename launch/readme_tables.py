@@ -8,8 +8,8 @@ results/ (never typed by hand), between markers such as
     python -m launch.readme_tables                       # every table into README.md
     python -m launch.readme_tables --readme=/tmp/R.md --results=results --docs=/tmp
 
-A table lists the finished runs there are; a topic with none says so. The full expansion
-study's table also shows a figure, drawn into --docs from the same files.
+A table lists the finished runs there are; a topic with none says so. The expansion
+study's tables also show a figure, drawn into --docs from the same files.
 """
 
 from __future__ import annotations
@@ -32,23 +32,35 @@ def markers(name: str) -> tuple[str, str]:
 
 
 def put_block(markdown: Path, name: str, text: str) -> None:
-    """Replace what lies between block `name`'s markers in `markdown` with `text`."""
+    """Replace what lies between block `name`'s markers in `markdown` with `text`; blocks
+    of one topic ("expanded: quick", "expanded: full") share their closing marker."""
     first, last = markers(name)
     page = Path(markdown).read_text()
-    start, end = page.find(first), page.find(last)
-    if start < 0 or end < start:
+    start = page.find(first)
+    end = page.find(last, start) if start >= 0 else -1
+    if end < 0:
         raise UserError(f"{markdown} has no '{first.strip()}' ... '{last.strip()}' markers")
     Path(markdown).write_text(page[: start + len(first)] + text + page[end:])
+
+
+def finished(folder: Path) -> tuple[dict, dict] | None:
+    """(summary, config) of the run in `folder` if it has finished, else None."""
+    summary_file = Path(folder) / "summary.json"
+    if not summary_file.exists():
+        return None
+    summary = json.loads(summary_file.read_text())
+    if not summary.get("finished"):
+        return None
+    return summary, json.loads((Path(folder) / "config.json").read_text())
 
 
 def summaries(folder: Path) -> list[tuple[str, dict, dict]]:
     """(run name, summary, config) of each finished run under `folder`, by name."""
     runs = []
     for summary_file in sorted(Path(folder).glob("*/summary.json")):
-        summary = json.loads(summary_file.read_text())
-        if summary.get("finished"):
-            config = json.loads((summary_file.parent / "config.json").read_text())
-            runs.append((summary_file.parent.name, summary, config))
+        run = finished(summary_file.parent)
+        if run is not None:
+            runs.append((summary_file.parent.name, *run))
     return runs
 
 
@@ -115,11 +127,28 @@ def capsules_table(folder: Path) -> str:
 
 
 def activations_table(folder: Path) -> str:
-    """The table the full activation study wrote (`table.md`), once it has finished."""
-    for name, _, _ in summaries(folder):
-        if name == "full":
-            return (Path(folder) / name / "table.md").read_text().strip()
-    return "The full study has not finished yet."
+    """The table the full activation study in `folder` wrote (`table.md`), once it has
+    finished."""
+    if finished(folder) is None:
+        return "The full study has not finished yet."
+    return (Path(folder) / "table.md").read_text().strip()
+
+
+def activations_quick_table(folder: Path) -> str:
+    """The quick activation study's own table (`table.md`), and what it ran."""
+    run = finished(folder)
+    if run is None:
+        return "The quick study has not finished yet."
+    summary, config = run
+    seeds = summary["seeds"]
+    return (
+        activations_table(folder)
+        + f"\n\n{summary['train_size']:,} training images, {summary['epochs']} epochs of "
+        f"batch {config['batch_size']}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), "
+        f"validated on {summary['validation_size']:,} images and tested on "
+        f"{summary['test_size']:,}; {_time(summary['train_time_s'])} of training on "
+        f"{summary['device']}."
+    )
 
 
 def dropout_elastic_table(folder: Path) -> str:
@@ -136,19 +165,45 @@ def dropout_elastic_table(folder: Path) -> str:
     return "\n\n".join(tables) or "No run has finished yet."
 
 
-EXPANDED_FIGURE = "more_data_full.png"  # drawn into the docs folder, shown under the table
+# Drawn into the docs folder from the same files as the tables, shown under them.
+EXPANDED_FIGURE = "more_data_full.png"
+EXPANDED_QUICK_FIGURE = "more_data_quick.png"
+
+
+def _combined(parts: list[tuple[str, dict, dict]]) -> tuple[list, dict, dict]:
+    """`parts` (name, summary, config) of one expansion study, and their combined
+    (reports, config)."""
+    from experiments import expanded_data  # defines the study's flags; only this needs it
+
+    if not parts:
+        return [], {}, {}
+    reports, config = expanded_data.combine([(summary, config) for _, summary, config in parts])
+    return parts, reports, config
 
 
 def expanded_parts(folder: Path) -> tuple[list, dict, dict]:
     """The finished parts of the full expansion study under `folder` (one study each, say
     one expansion per session), and their combined (reports, config)."""
-    from experiments import expanded_data  # defines the study's flags; only this needs it
+    return _combined(summaries(folder))
 
-    parts = summaries(folder)
-    if not parts:
-        return [], {}, {}
-    reports, config = expanded_data.combine([(summary, config) for _, summary, config in parts])
-    return parts, reports, config
+
+def expanded_quick(folder: Path) -> tuple[list, dict, dict]:
+    """The quick expansion study in `folder` as a study of one part, once it has finished,
+    and its (reports, config)."""
+    run = finished(folder)
+    return _combined([] if run is None else [(Path(folder).name, *run)])
+
+
+def _took(parts: list, reports: dict, config: dict) -> str:
+    """What the parts ran, and the time they took on which devices."""
+    from experiments import expanded_data
+
+    train_s = sum(summary["train_time_s"] for _, summary, _ in parts)
+    devices = ", ".join(sorted({summary["device"] for _, summary, _ in parts}))
+    return (
+        f"{len(reports)} runs of {config['seeds']} seed(s), {expanded_data.epochs_note(config)}; "
+        f"{_time(train_s)} of training on {devices}."
+    )
 
 
 def expanded_table(folder: Path) -> str:
@@ -159,32 +214,62 @@ def expanded_table(folder: Path) -> str:
     parts, reports, config = expanded_parts(folder)
     if not parts:
         return "No part of the full study has finished yet."
-    train_s = sum(summary["train_time_s"] for _, summary, _ in parts)
-    devices = ", ".join(sorted({summary["device"] for _, summary, _ in parts}))
     return (
         expanded_data.table(reports, config)
         + f"\n\n{len(parts)} part(s) ({', '.join(name for name, _, _ in parts)}): "
-        f"{len(reports)} runs of {config['seeds']} seed(s), {expanded_data.epochs_note(config)}; "
-        f"{_time(train_s)} of training on {devices}.\n\n"
-        f"![test accuracy against training images, the full study](docs/{EXPANDED_FIGURE})"
+        + _took(parts, reports, config)
+        + f"\n\n![test accuracy against training images, the full study](docs/{EXPANDED_FIGURE})"
     )
+
+
+def expanded_quick_table(folder: Path) -> str:
+    """The quick expansion study: final test accuracy, what it took, and the figure."""
+    from experiments import expanded_data
+
+    parts, reports, config = expanded_quick(folder)
+    if not parts:
+        return "The quick study has not finished yet."
+    return (
+        expanded_data.table(reports, config)
+        + "\n\n"
+        + _took(parts, reports, config)
+        + "\n\n![test accuracy against training images, quick CPU setting]"
+        f"(docs/{EXPANDED_QUICK_FIGURE})"
+    )
+
+
+def _size_figure(study: tuple[list, dict, dict], path: Path) -> None:
+    """A study's final test accuracy against training images, as `path`, if it has run."""
+    from experiments import expanded_data
+
+    parts, reports, config = study
+    if parts:
+        expanded_data.size_figure(reports, config, path)
 
 
 def expanded_figure(folder: Path, docs: Path) -> None:
     """The combined parts' accuracy against training images, as docs/EXPANDED_FIGURE."""
-    from experiments import expanded_data
+    _size_figure(expanded_parts(folder), Path(docs) / EXPANDED_FIGURE)
 
-    parts, reports, config = expanded_parts(folder)
-    if parts:
-        expanded_data.size_figure(reports, config, Path(docs) / EXPANDED_FIGURE)
+
+def expanded_quick_figure(folder: Path, docs: Path) -> None:
+    """The quick study's accuracy against training images, as docs/EXPANDED_QUICK_FIGURE."""
+    _size_figure(expanded_quick(folder), Path(docs) / EXPANDED_QUICK_FIGURE)
 
 
 TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
-    "activations: full": ("activations", activations_table),
+    "activations: full": ("activations/full", activations_table),
+    "activations: quick": ("activations/quick", activations_quick_table),
     "autoencoders: results": ("autoencoders", autoencoders_table),
     "capsules: results": ("capsules", capsules_table),
     "dropout_elastic: results": ("dropout_elastic", dropout_elastic_table),
+    "expanded: quick": ("expanded/quick", expanded_quick_table),
     "expanded: full": ("expanded/full", expanded_table),
+}
+# The figures the tables show, each drawn from its topic's files into the docs folder.
+FIGURES: dict[str, Callable[[Path, Path], None]] = {
+    "expanded/full": expanded_figure,
+    "expanded/quick": expanded_quick_figure,
 }
 
 
@@ -193,7 +278,8 @@ def write_all(results: Path, readme: Path, docs: Path | None = None) -> None:
     for block, (topic, table) in TABLES.items():
         put_block(readme, block, table(Path(results) / topic))
     if docs is not None:
-        expanded_figure(Path(results) / "expanded" / "full", Path(docs))
+        for topic, figure in FIGURES.items():
+            figure(Path(results) / topic, Path(docs))
 
 
 def main(argv):

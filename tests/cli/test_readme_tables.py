@@ -58,12 +58,39 @@ def test_a_page_without_the_markers_is_named(tmp_path):
         readme_tables.put_block(page, "capsules: results", "| x |")
 
 
-def test_the_activation_table_is_the_finished_studys_own(tmp_path):
-    folder = tmp_path / "activations"
-    assert readme_tables.activations_table(folder) == "The full study has not finished yet."
-    write_run(folder / "full", {"wall_time_s": 60.0}, {"preset": "full"})
-    (folder / "full" / "table.md").write_text("| variant |\n| --- |\n| tanh |\n")
-    assert readme_tables.activations_table(folder) == "| variant |\n| --- |\n| tanh |"
+def test_blocks_of_one_topic_share_their_closing_marker(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- expanded: quick -->\nold quick\n<!-- /expanded -->\n"
+        "<!-- expanded: full -->\nold full\n<!-- /expanded -->\n"
+    )
+    readme_tables.put_block(page, "expanded: full", "new full")
+    readme_tables.put_block(page, "expanded: quick", "new quick")
+    assert page.read_text() == (
+        "<!-- expanded: quick -->\nnew quick\n<!-- /expanded -->\n"
+        "<!-- expanded: full -->\nnew full\n<!-- /expanded -->\n"
+    )
+    page.write_text("<!-- /expanded -->\n<!-- expanded: full -->\nno end\n")
+    with pytest.raises(UserError, match="has no '<!-- expanded: full -->'"):
+        readme_tables.put_block(page, "expanded: full", "new full")
+
+
+def test_the_activation_tables_are_the_finished_studies_own(tmp_path):
+    full, quick = tmp_path / "activations" / "full", tmp_path / "activations" / "quick"
+    assert readme_tables.activations_table(full) == "The full study has not finished yet."
+    assert readme_tables.activations_quick_table(quick) == "The quick study has not finished yet."
+    write_run(full, {"wall_time_s": 60.0}, {"preset": "full"})
+    (full / "table.md").write_text("| variant |\n| --- |\n| tanh |\n")
+    assert readme_tables.activations_table(full) == "| variant |\n| --- |\n| tanh |"
+    summary = {"train_size": 5000, "validation_size": 2000, "test_size": 10000, "epochs": 8,
+               "seeds": [0, 1], "train_time_s": 415.0, "device": "cpu x1"}  # fmt: skip
+    write_run(quick, summary, {"preset": "quick", "batch_size": 10})
+    (quick / "table.md").write_text("| variant |\n| --- |\n| sigmoid |\n")
+    assert readme_tables.activations_quick_table(quick) == (
+        "| variant |\n| --- |\n| sigmoid |\n\n"
+        "5,000 training images, 8 epochs of batch 10, 2 seed(s) (0, 1), validated on 2,000 "
+        "images and tested on 10,000; 7 min of training on cpu x1."
+    )
 
 
 def test_the_expansion_study_table_combines_its_parts_and_refuses_other_studies(tmp_path):
@@ -110,3 +137,38 @@ def test_the_expansion_study_table_combines_its_parts_and_refuses_other_studies(
     with pytest.raises(UserError, match="none/n1000 was run by two parts"):
         readme_tables.expanded_table(tmp_path / "full")
     assert "No part" in readme_tables.expanded_table(tmp_path / "nothing")
+
+
+def test_the_quick_expansion_table_is_its_one_study_with_its_figure(tmp_path):
+    from experiments import expanded_data
+    from lib.core import config as config_lib
+
+    folder = tmp_path / "quick"
+    assert readme_tables.expanded_quick_table(folder) == "The quick study has not finished yet."
+    readme_tables.expanded_quick_figure(folder, tmp_path)
+    assert not (tmp_path / readme_tables.EXPANDED_QUICK_FIGURE).exists()
+    config = config_lib.as_dict(expanded_data.resolve({"preset": "quick"}))
+    runs = {
+        f"{e}/n{n}": {
+            "expansion": e,
+            "train_size": n,
+            "final_test": {"mean": 0.9 + i / 100, "std": 0.0},
+            "final_test_per_seed": [0.9 + i / 100],
+        }
+        for i, e in enumerate(config["expansions"])
+        for n in config["train_sizes"]
+    }
+    write_run(folder, {"train_time_s": 400.0, "device": "cpu x1", "runs": runs}, config)
+    lines = readme_tables.expanded_quick_table(folder).splitlines()
+    assert lines[:3] == [
+        "| expansion | 500 | 1,000 | 2,000 | 5,000 |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| no expansion | 90.00% | 90.00% | 90.00% | 90.00% |",
+    ]
+    assert lines[4] == "| elastic α=34, σ=4 | 92.00% | 92.00% | 92.00% | 92.00% |"
+    assert lines[-3] == (
+        "12 runs of 1 seed(s), ≥3 epochs and ≥2,500 steps; 7 min of training on cpu x1."
+    )
+    assert lines[-1].endswith(f"(docs/{readme_tables.EXPANDED_QUICK_FIGURE})")
+    readme_tables.expanded_quick_figure(folder, tmp_path)
+    assert (tmp_path / readme_tables.EXPANDED_QUICK_FIGURE).stat().st_size > 10_000
