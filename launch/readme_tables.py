@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from launch import results
 from lib.core.errors import UserError, storage_error
 
 FLAGS = flags.FLAGS
@@ -165,6 +166,27 @@ def dropout_elastic_table(folder: Path) -> str:
     return "\n\n".join(tables) or "No run has finished yet."
 
 
+def sweep_table(folder: Path) -> str:
+    """The sweep in `folder` as `launch.results` ranks it, averaged over seeds when they were
+    swept, and the training time its finished runs took on which devices."""
+    try:
+        runs, flag_names = results.load(str(folder))
+    except FileNotFoundError:
+        return "The sweep has not run yet."
+    text = results.markdown_table(runs, flag_names)
+    if "seed" in flag_names and len(flag_names) > 1:
+        text += "\n\nAveraged over seeds:\n\n" + results.averaged_table(runs, flag_names, "seed")
+    done = [run.summary for run in runs if run.status == results.DONE]
+    if done:
+        devices = ", ".join(sorted({summary["device"] for summary in done}))
+        train_s = sum(summary["wall_time_s"] for summary in done)
+        text += (
+            f"\n\n{len(done)} of {len(runs)} runs finished; "
+            f"{_time(train_s)} of training on {devices}."
+        )
+    return text
+
+
 # Drawn into the docs folder from the same files as the tables, shown under them.
 EXPANDED_FIGURE = "more_data_full.png"
 EXPANDED_QUICK_FIGURE = "more_data_quick.png"
@@ -265,6 +287,7 @@ TABLES: dict[str, tuple[str, Callable[[Path], str]]] = {
     "dropout_elastic: results": ("dropout_elastic", dropout_elastic_table),
     "expanded: quick": ("expanded/quick", expanded_quick_table),
     "expanded: full": ("expanded/full", expanded_table),
+    "sweep: mnist_lr_seed": ("sweep/mnist_lr_seed", sweep_table),
 }
 # The figures the tables show, each drawn from its topic's files into the docs folder.
 FIGURES: dict[str, Callable[[Path, Path], None]] = {

@@ -172,3 +172,45 @@ def test_the_quick_expansion_table_is_its_one_study_with_its_figure(tmp_path):
     assert lines[-1].endswith(f"(docs/{readme_tables.EXPANDED_QUICK_FIGURE})")
     readme_tables.expanded_quick_figure(folder, tmp_path)
     assert (tmp_path / readme_tables.EXPANDED_QUICK_FIGURE).stat().st_size > 10_000
+
+
+def test_the_readme_shows_the_kept_sweep_and_smoke_run():
+    readme = (ROOT / "README.md").read_text()
+    sweep = readme_tables.sweep_table(ROOT / "results" / "sweep" / "mnist_lr_seed")
+    assert "4 of 4 runs finished" in sweep
+    assert f"<!-- sweep: mnist_lr_seed -->\n{sweep}\n<!-- /sweep -->" in readme
+    summary = json.loads((ROOT / "results" / "imagenet" / "smoke" / "summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 300
+    top1, seconds = f"{summary['final_top1']:.1%} top-1", f"{summary['wall_time_s']:.0f} s"
+    row = f"| {top1} on 1,000 MNIST test images (300 steps, {seconds}; `results/imagenet/smoke/`) |"
+    assert row in readme
+    assert f"A CPU smoke run ({top1} on 1,000 MNIST test images after {seconds} of" in readme
+
+
+def test_the_sweep_table_ranks_the_runs_and_averages_over_seeds(tmp_path):
+    folder = tmp_path / "sweep"
+    assert readme_tables.sweep_table(folder) == "The sweep has not run yet."
+    names = ["lr=0.1,seed=0", "lr=0.1,seed=1", "lr=0.3,seed=0", "lr=0.3,seed=1"]
+    record = {"module": "m", "fixed_flags": [], "runs": {}}
+    for name in names:
+        lr, seed = (part.split("=")[1] for part in name.split(","))
+        record["runs"][name] = {"lr": lr, "seed": seed}
+    folder.mkdir()
+    (folder / "sweep.json").write_text(json.dumps(record))
+    for name, val in zip(names[:3], [0.9, 0.8, 0.95], strict=True):
+        summary = {"best_val_accuracy": val, "test_accuracy": val - 0.01, "wall_time_s": 40.0,
+                   "device": "cpu x1"}  # fmt: skip
+        write_run(folder / name, summary, {})
+    lines = readme_tables.sweep_table(folder).splitlines()
+    assert lines[2:6] == [
+        "| 1 | 0.3 | 0 | 0.9500 | 0.9400 | 40.0 | finished |",
+        "| 2 | 0.1 | 0 | 0.9000 | 0.8900 | 40.0 | finished |",
+        "| 3 | 0.1 | 1 | 0.8000 | 0.7900 | 40.0 | finished |",
+        "| - | 0.3 | 1 | - | - | - | new |",
+    ]
+    assert lines[7] == "Averaged over seeds:"
+    assert lines[11:13] == [
+        "| 0.3 | 0.9500 | 0.9400 | 1 / 2 |",
+        "| 0.1 | 0.8500 ± 0.0707 | 0.8400 ± 0.0707 | 2 / 2 |",
+    ]
+    assert lines[-1] == "3 of 4 runs finished; 2 min of training on cpu x1."
