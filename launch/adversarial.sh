@@ -2,7 +2,8 @@
 # The blind-spot studies of the README: four rungs of the ladder attacked, and the main
 # job's net trained plainly, on FGSM images and on PGD images, then attacked. Each
 # study's small files (config.json, summary.json, table.md) are copied to
-# results/adversarial/<study>/, from which the README's tables come.
+# results/adversarial/<study>/, from which the README's tables come, and the trained
+# nets' own (config.json, summary.json, metrics.jsonl) to results/adversarial/training/.
 #
 # All of it runs on a CPU (about 1.5 core-hours on the 2-core machine); a GPU makes
 # every part minutes. Re-running skips finished nets and attacks, and resumes an
@@ -27,6 +28,15 @@ keep() {  # keep a study's small files under results/
   cp "$WORKDIR/$1"/{config.json,summary.json,table.md} "results/adversarial/$1/"
 }
 
+keep_nets() {  # keep the training study's nets' own runs (their clean accuracy, time)
+  local net
+  for net in target target-fgsm target-pgd; do
+    mkdir -p "results/adversarial/training/$net"
+    cp "$WORKDIR/training/$net"/{config.json,summary.json,metrics.jsonl} \
+      "results/adversarial/training/$net/"
+  done
+}
+
 if [[ ,$STUDY, == *,training,* ]]; then
   # The relu net trained plainly, on FGSM images, and on PGD images with 3 steps of
   # 2.5 eps / 3 (Madry et al. take 40 of 0.01), a CPU-sized run, its budget growing from
@@ -38,6 +48,7 @@ if [[ ,$STUDY, == *,training,* ]]; then
   "$PYTHON" -m experiments.adversarial --targets="$T/target,$T/target-fgsm,$T/target-pgd" \
     --distortion_size=20 --lbfgs_iterations=20 --workdir="$WORKDIR/trained"
   keep trained
+  keep_nets
 fi
 
 if [[ ,$STUDY, == *,rungs,* ]]; then

@@ -64,3 +64,42 @@ def test_finished_command_answers_in_its_exit_status(tmp_path, args, code):
     assert done.returncode == code, done.stderr
     assert done.stdout == ""
     assert len(done.stderr.splitlines()) == (code == 2), done.stderr
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python: writes the files each run of the blind-spot script leaves.
+for arg in "$@"; do
+  case $arg in --workdir=*) workdir=${arg#--workdir=} ;; --train=*) train=1 ;; esac
+done
+mkdir -p "$workdir"
+for f in config.json summary.json table.md; do echo '{}' > "$workdir/$f"; done
+if [[ -n ${train:-} ]]; then
+  for net in target target-fgsm target-pgd; do
+    mkdir -p "$workdir/$net"
+    for f in config.json summary.json metrics.jsonl; do echo "$net" > "$workdir/$net/$f"; done
+  done
+fi
+"""
+
+
+def test_the_blind_spot_script_keeps_the_trained_nets_own_runs(tmp_path):
+    (tmp_path / "launch").mkdir()
+    script = tmp_path / "launch" / "adversarial.sh"
+    script.write_text((ROOT / "launch" / "adversarial.sh").read_text())
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "STUDY": "training"},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    kept = tmp_path / "results" / "adversarial"
+    assert sorted(p.name for p in (kept / "trained").iterdir()) == [
+        "config.json", "summary.json", "table.md"]  # fmt: skip
+    for net in ("target", "target-fgsm", "target-pgd"):
+        files = sorted(p.name for p in (kept / "training" / net).iterdir())
+        assert files == ["config.json", "metrics.jsonl", "summary.json"]
+        assert (kept / "training" / net / "summary.json").read_text() == f"{net}\n"
