@@ -406,8 +406,9 @@ class Sweep:
             raise SpecError(
                 f"{self.module_name} has no run(config, workdir); use --mode=subprocess"
             )
-        # A run's own stop passes a signal that came too late to stop it on to this one.
-        with GracefulStop() as stop:
+        # A run's own stop passes a signal that came too late to stop it on to this one; a
+        # signal while no run's stop is active (a module that never looks) interrupts.
+        with GracefulStop(interrupt=True) as stop:
             for job in jobs:
                 if stop():  # asked as an earlier run ended or between runs
                     raise KeyboardInterrupt

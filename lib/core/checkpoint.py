@@ -113,12 +113,29 @@ def _causes(e: BaseException) -> Iterator[BaseException]:
         todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
 
 
+def _os_error_code(cause: BaseException) -> int | None:
+    """The OS error number behind `cause`: an OSError's, or the one a TensorStore error
+    (a ValueError "STATUS: ... [os_error_code='28']") names; None if neither."""
+    if isinstance(cause, OSError):
+        return cause.errno
+    found = _TENSORSTORE_ERRNO.search(str(cause))
+    return int(found[1]) if found else None
+
+
 def _disk_full(e: BaseException) -> bool:
-    """Whether `e` or an exception behind it says the disk is full (ENOSPC)."""
+    """Whether `e` or an exception behind it says the disk or the quota is full."""
     return any(
-        (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
-        or "No space left on device" in str(cause)  # TensorStore's errors are no OSError
+        _os_error_code(cause) in (errno.ENOSPC, errno.EDQUOT)
+        or "No space left on device" in str(cause)
         for cause in _causes(e)
+    )
+
+
+def _denied(cause: BaseException) -> bool:
+    """Whether `cause` is a permission denied (an OSError's or TensorStore's)."""
+    status = _TENSORSTORE_STATUS.match(str(cause))
+    return _os_error_code(cause) in _DENIED or (
+        status is not None and status[1] == "PERMISSION_DENIED"
     )
 
 
@@ -127,14 +144,10 @@ def _read_failure(e: BaseException) -> str:
     truncated, corrupt or missing; "denied" for a permission denied; "other" for a failure
     that says nothing of the files (no memory, an I/O error)."""
     for cause in _causes(e):
-        if isinstance(cause, OSError):
-            code = cause.errno
-        else:  # TensorStore's
-            found = _TENSORSTORE_ERRNO.search(str(cause))
-            code = int(found[1]) if found else None
+        code = _os_error_code(cause)
         status = _TENSORSTORE_STATUS.match(str(cause))
         status = status[1] if status else None
-        if code in _DENIED or status == "PERMISSION_DENIED":
+        if _denied(cause):
             return "denied"
         if isinstance(cause, MemoryError) or code not in (None, *_MISSING) or status in _TRANSIENT:
             return "other"
@@ -256,6 +269,11 @@ class Checkpointer:
             _emit(held)
             return
         self._discard(step)
+        if any(_denied(cause) for cause in _causes(failure)):
+            raise UserError(
+                f"permission denied writing checkpoint step {step} in {self.directory}; "
+                "check the folder's permissions and run the same command again to resume"
+            ) from None
         if not _disk_full(failure):
             _emit(held)
             raise failure

@@ -20,9 +20,15 @@ class GracefulStop:
     that comes too late to stop the run, in its last epoch, still stops the caller, which
     asks before starting the next run. A request handed on or taken over so is not
     announced again.
+
+    `interrupt=True` is for a caller whose runs may not look for a stop (an in-process
+    sweep of any module): a signal that reaches it directly, while no run's own stop is
+    active, interrupts at once (KeyboardInterrupt), as it would with no stop at all; a
+    request handed on by a run's stop only marks it.
     """
 
-    def __init__(self):
+    def __init__(self, interrupt: bool = False):
+        self.interrupt = interrupt
         self.requested = False
         self._previous = {}
         self._outer: GracefulStop | None = None
@@ -31,6 +37,8 @@ class GracefulStop:
         return self.requested
 
     def _handle(self, signum, frame):
+        if self.interrupt:
+            raise KeyboardInterrupt
         if self.requested:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt

@@ -236,11 +236,16 @@ def gradient_check(
     An array whose gradients are as small as that roundoff (a softmax bias at confident
     predictions, ~1e-8) is measured against the floor, so the roundoff shows as about
     sqrt(eps) (1.5e-8 in float64) instead of as a relative error near 1; a wrong gradient
-    still shows, scaled down where the array's gradient is smaller than the floor.
+    still shows, scaled down where the array's gradient is smaller than the floor: an
+    error of size d there reads as d / floor, so at a tolerance tol an array's gradient is
+    certified only down to errors of about tol * floor (at h = 1e-6 and a loss near 2,
+    a floor near 0.03: errors above ~3e-8 fail a tolerance of 1e-6; a larger h lowers
+    the floor, as roundoff falls with 1/h).
 
     Sound gradients give ~1e-8 or less in float64 (the default, which casts `params`
-    and enables x64 for the check); anything above ~1e-4 means a wrong gradient, or a
-    kink (ReLU, max) within h of a nudged point. Raises `PrecisionError` when `fn`
+    and enables x64 for the check), so compare with a tolerance near 1e-6 (as
+    `experiments.circuits --check` does); a wrong gradient in a well-sized array, or a
+    kink (ReLU, max) within h of a nudged point, gives far more. Raises `PrecisionError` when `fn`
     returns less than float64 although `float64` is set (a cast inside it), since
     finite differences of a rounded output measure the rounding, not the gradient.
     """

@@ -223,16 +223,46 @@ def test_full_disk_keeps_the_last_good_checkpoint(two_steps, monkeypatch, capfd)
     checkpoints.close()
 
 
-def test_other_save_failures_still_raise(two_steps, monkeypatch):
+def _fail_saving(monkeypatch, error: Exception) -> None:
+    """Writing a checkpoint's record raises `error`, in Orbax's own save."""
     from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler
 
-    async def denied(self, x, directory):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(directory))
+    async def failing(self, x, directory):
+        raise error
 
-    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", denied)
+    monkeypatch.setattr(handler.JsonCheckpointHandler, "_save_fn", failing)
+
+
+QUOTA = ValueError(  # TensorStore's way of saying so: no OSError
+    'RESOURCE_EXHAUSTED: Error writing local file "/ckpt/3/d/0": [OS error 122: Disk '
+    "quota exceeded] [os_error_code='122']"
+)
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/ckpt/3"), "permission denied"),
+        (QUOTA, "no space left"),
+    ],
+    ids=["permission denied", "quota (TensorStore)"],
+)
+def test_a_denied_or_over_quota_save_is_one_line(two_steps, monkeypatch, error, expected):
+    _fail_saving(monkeypatch, error)
     checkpoints = Checkpointer(two_steps)
-    with pytest.raises(PermissionError):
+    with pytest.raises(UserError) as raised:
         checkpoints.save(3, _state(3), {"history": []})
+    assert expected in str(raised.value) and str(two_steps) in str(raised.value)
+    assert sorted(p.name for p in two_steps.iterdir()) == ["1", "2"]
+
+
+def test_other_save_failures_still_raise(two_steps, monkeypatch):
+    error = OSError(errno.EIO, os.strerror(errno.EIO), "/ckpt/3")
+    _fail_saving(monkeypatch, error)
+    checkpoints = Checkpointer(two_steps)
+    with pytest.raises(OSError) as raised:
+        checkpoints.save(3, _state(3), {"history": []})
+    assert raised.value.errno == errno.EIO
     assert sorted(p.name for p in two_steps.iterdir()) == ["1", "2"]
 
 

@@ -50,3 +50,14 @@ def test_a_request_is_announced_once_on_stderr_however_many_stops_hold_it(capsys
         "stop requested (SIGTERM): saving and stopping at the next check; press Ctrl-C again "
         "to interrupt at once",
     ]
+
+
+def test_an_interrupting_caller_interrupts_runs_that_never_look_but_waits_for_those_that_do():
+    with GracefulStop(interrupt=True) as sweep:
+        with pytest.raises(KeyboardInterrupt):  # a run with no stop of its own: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert not sweep()
+        with GracefulStop() as run:  # a run that looks: it saves and stops, and says so
+            os.kill(os.getpid(), signal.SIGINT)
+            assert run()
+        assert sweep()  # handed on: the sweep stops before its next run
