@@ -232,11 +232,14 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
-def fail_on_storage_error(e: OSError, flag: str | None = "--workdir") -> None:
+def fail_on_storage_error(
+    e: OSError, flag: str | None = "--workdir", folder: str | Path | None = None
+) -> None:
     """End the process as `fail` does when `e` is a full disk, a permission denied or a
     read-only file system (lib.core.errors.storage_error), naming the file and what to do
-    (`flag`: the option that names another folder); otherwise raise `e` as it is, a bug."""
-    error = storage_error(e, flag)
+    (`flag`: the option that names another folder, `folder` the one it names now, if
+    known); otherwise raise `e` as it is, a bug."""
+    error = storage_error(e, flag, folder)
     if error is None:
         raise e
     fail(str(error))
@@ -264,7 +267,8 @@ def run_from_flags(
     except (UserError, DivergedError) as e:
         fail(str(e))
     except OSError as e:
-        fail_on_storage_error(e)
+        workdir = FLAGS["workdir"].value if "workdir" in FLAGS else None
+        fail_on_storage_error(e, "--workdir", workdir)
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary

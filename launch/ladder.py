@@ -202,18 +202,17 @@ def main(argv):
     del argv  # common.parse_flags refuses positional arguments
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save lines out of the way
+    dataset = FLAGS.dataset.replace("/", "_")
+    root = Path(FLAGS.workdir or ("runs/ladder" + ("" if dataset == "mnist" else f"-{dataset}")))
     try:
         for flag in ("workdir", "results"):
             if FLAGS[flag].value:
                 metrics.refuse_url(FLAGS[flag].value, f"--{flag}")
-        dataset = FLAGS.dataset.replace("/", "_")
-        ladder(
-            Path(FLAGS.workdir or ("runs/ladder" + ("" if dataset == "mnist" else f"-{dataset}")))
-        )
+        ladder(root)
     except (UserError, train.DivergedError) as e:
         common.fail(str(e))
     except OSError as e:
-        common.fail_on_storage_error(e)
+        common.fail_on_storage_error(e, "--workdir", root)
 
 
 def ladder(root: Path) -> None:

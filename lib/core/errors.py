@@ -35,16 +35,24 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
-def storage_error(e: BaseException, flag: str | None = "--workdir") -> UserError | None:
+def storage_error(
+    e: BaseException, flag: str | None = "--workdir", folder: str | os.PathLike | None = None
+) -> UserError | None:
     """The UserError to report in place of `e` when it is an OSError of a full disk or
     quota, a permission denied or a read-only file system, naming the file and what to do
-    (`flag`: the option that names another folder, if any); None for any other exception,
-    a bug to raise as it is."""
+    (`flag`: the option that names another folder, if any, suggested only for a file
+    inside `folder`, the one it names now, when that is known); None for any other
+    exception, a bug to raise as it is."""
     if not isinstance(e, OSError) or e.errno not in (*_FULL, *_DENIED):
         return None
     cause = (e.strerror or os.strerror(e.errno)).lower()
     file = f" for {e.filename}" if e.filename is not None else ""
     todo = "free some space" if e.errno in _FULL else "check the folder's permissions"
-    if flag is not None:
+    if flag is not None and (folder is None or e.filename is None or _inside(e.filename, folder)):
         todo += f" or choose another {flag}"
     return UserError(f"{cause}{file}; {todo}")
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    path, folder = os.path.abspath(path), os.path.abspath(folder)  # links are the folder's
+    return os.path.commonpath([path, folder]) == folder

@@ -89,3 +89,12 @@ def test_a_sweep_whose_report_meets_a_full_disk_ends_in_one_line(tmp_path, capsy
     # The report alone, written again into the same folder.
     assert results.main([str(tmp_path), "--no_plots"]) == 1
     assert capsys.readouterr().err == "results: error: no space left on device; free some space\n"
+
+
+def test_another_folder_is_suggested_only_for_a_file_inside_the_one_named_now():
+    def line(path):
+        return str(storage_error(OSError(errno.ENOSPC, "No space", path), "--workdir", "runs/a"))
+
+    assert line("runs/a/checkpoints/7").endswith("free some space or choose another --workdir")
+    assert line("README.md").endswith("; free some space")  # --workdir would not help
+    assert line("runs/ab/x").endswith("; free some space")  # a sibling, not inside
