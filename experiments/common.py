@@ -257,7 +257,7 @@ def run_from_flags(
         fail(f"unexpected argument {' '.join(argv[1:])!r}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # as parse_flags does, for mains run without it
-    names = list(names)
+    names, config = list(names), {}
     try:
         if names and isinstance(names[0], Setting):
             config = given_settings(names)
@@ -267,8 +267,7 @@ def run_from_flags(
     except (UserError, DivergedError) as e:
         fail(str(e))
     except OSError as e:
-        workdir = FLAGS["workdir"].value if "workdir" in FLAGS else None
-        fail_on_storage_error(e, "--workdir", workdir)
+        fail_on_storage_error(e, "--workdir", config.get("workdir"))
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary
