@@ -3,7 +3,8 @@
 # job's net trained plainly, on FGSM images and on PGD images, then attacked. Each
 # study's small files (config.json, summary.json, table.md) are copied to
 # results/adversarial/<study>/, from which the README's tables come, and the trained
-# nets' own (config.json, summary.json, metrics.jsonl) to results/adversarial/training/.
+# nets' own (config.json, summary.json, metrics.jsonl) to results/adversarial/training/
+# and results/adversarial/rungs/nets/.
 #
 # All of it runs on a CPU (about 1.5 core-hours on the 2-core machine); a GPU makes
 # every part minutes. Re-running skips finished nets and attacks, and resumes an
@@ -28,13 +29,9 @@ keep() {  # keep a study's small files under results/
   cp "$WORKDIR/$1"/{config.json,summary.json,table.md} "results/adversarial/$1/"
 }
 
-keep_nets() {  # keep the training study's nets' own runs (their clean accuracy, time)
-  local net
-  for net in target target-fgsm target-pgd; do
-    mkdir -p "results/adversarial/training/$net"
-    cp "$WORKDIR/training/$net"/{config.json,summary.json,metrics.jsonl} \
-      "results/adversarial/training/$net/"
-  done
+keep_net() {  # keep a trained net's own run (its clean accuracy, time) in folder $2
+  mkdir -p "$2"
+  cp "$1"/{config.json,summary.json,metrics.jsonl} "$2/"
 }
 
 if [[ ,$STUDY, == *,training,* ]]; then
@@ -48,7 +45,9 @@ if [[ ,$STUDY, == *,training,* ]]; then
   "$PYTHON" -m experiments.adversarial --targets="$T/target,$T/target-fgsm,$T/target-pgd" \
     --distortion_size=20 --lbfgs_iterations=20 --workdir="$WORKDIR/trained"
   keep trained
-  keep_nets
+  for net in target target-fgsm target-pgd; do
+    keep_net "$T/$net" "results/adversarial/training/$net"
+  done
 fi
 
 if [[ ,$STUDY, == *,rungs,* ]]; then
@@ -62,6 +61,7 @@ if [[ ,$STUDY, == *,rungs,* ]]; then
     [[ $net == dropout ]] && epochs=$(((EPOCHS + 4) / 5))
     "$PYTHON" -m experiments.mnist_convnet --net="$net" --epochs="$epochs" "${RECIPE[@]}" \
       --workdir="$workdir"
+    keep_net "$workdir" "results/adversarial/rungs/nets/$net"
     targets+=("$workdir")
   done
   "$PYTHON" -m experiments.adversarial --targets="$(IFS=,; echo "${targets[*]}")" \

@@ -67,22 +67,21 @@ def test_finished_command_answers_in_its_exit_status(tmp_path, args, code):
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Stands in for python: writes the files each run of the blind-spot script leaves.
+# Stands in for python: writes the files each run of the blind-spot script leaves, each
+# holding the name of the folder it is in.
 for arg in "$@"; do
   case $arg in --workdir=*) workdir=${arg#--workdir=} ;; --train=*) train=1 ;; esac
 done
-mkdir -p "$workdir"
-for f in config.json summary.json table.md; do echo '{}' > "$workdir/$f"; done
+write() { mkdir -p "$1"; for f in config.json summary.json metrics.jsonl table.md; do
+  basename "$1" > "$1/$f"; done; }
+write "$workdir"
 if [[ -n ${train:-} ]]; then
-  for net in target target-fgsm target-pgd; do
-    mkdir -p "$workdir/$net"
-    for f in config.json summary.json metrics.jsonl; do echo "$net" > "$workdir/$net/$f"; done
-  done
+  for net in target target-fgsm target-pgd; do write "$workdir/$net"; done
 fi
 """
 
 
-def test_the_blind_spot_script_keeps_the_trained_nets_own_runs(tmp_path):
+def test_the_blind_spot_script_keeps_every_trained_nets_own_run(tmp_path):
     (tmp_path / "launch").mkdir()
     script = tmp_path / "launch" / "adversarial.sh"
     script.write_text((ROOT / "launch" / "adversarial.sh").read_text())
@@ -90,16 +89,20 @@ def test_the_blind_spot_script_keeps_the_trained_nets_own_runs(tmp_path):
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     done = subprocess.run(
-        ["bash", str(script)],
-        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "STUDY": "training"},
+        ["bash", str(script)],  # both studies
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(fake)},
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
     kept = tmp_path / "results" / "adversarial"
-    assert sorted(p.name for p in (kept / "trained").iterdir()) == [
-        "config.json", "summary.json", "table.md"]  # fmt: skip
-    for net in ("target", "target-fgsm", "target-pgd"):
-        files = sorted(p.name for p in (kept / "training" / net).iterdir())
-        assert files == ["config.json", "metrics.jsonl", "summary.json"]
-        assert (kept / "training" / net / "summary.json").read_text() == f"{net}\n"
+    for study in ("trained", "rungs"):
+        files = sorted(p.name for p in (kept / study).iterdir() if p.is_file())
+        assert files == ["config.json", "summary.json", "table.md"]
+    run_of = {f"training/{n}": n for n in ("target", "target-fgsm", "target-pgd")}
+    run_of |= {f"rungs/nets/{n}": n for n in ("shallow", "conv2", "dropout")}
+    run_of["rungs/nets/relu"] = "target"  # the training study's plain net, not trained again
+    for folder, run in run_of.items():
+        files = sorted(p.name for p in (kept / folder).iterdir())
+        assert files == ["config.json", "metrics.jsonl", "summary.json"], folder
+        assert (kept / folder / "summary.json").read_text() == f"{run}\n", folder
