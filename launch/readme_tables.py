@@ -22,7 +22,7 @@ from pathlib import Path
 from absl import app, flags
 
 from launch import results
-from lib.core.errors import UserError, storage_error
+from lib.core.errors import UserError, inside, storage_error
 
 FLAGS = flags.FLAGS
 
@@ -305,13 +305,22 @@ def write_all(results: Path, readme: Path, docs: Path | None = None) -> None:
             figure(Path(results) / topic, Path(docs))
 
 
+def where_to_look(e: BaseException, named: dict[str, str]) -> UserError | None:
+    """`storage_error` for `e`, suggesting the flag of `named` (flag: its file or folder)
+    that holds the file `e` names, or none if none does."""
+    file = getattr(e, "filename", None)
+    holder = next((f for f, path in named.items() if file and inside(file, path)), None)
+    return storage_error(e, holder)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected argument '{argv[1]}'")
     try:
         write_all(Path(FLAGS.results), Path(FLAGS.readme), Path(FLAGS.docs))
     except (UserError, OSError) as e:
-        print(f"error: {storage_error(e, '--readme or --docs') or e}", file=sys.stderr)
+        named = {"--readme": FLAGS.readme, "--docs": FLAGS.docs, "--results": FLAGS.results}
+        print(f"error: {where_to_look(e, named) or e}", file=sys.stderr)
         sys.exit(1)
     print(f"wrote {', '.join(TABLES)} into {FLAGS.readme}")
 

@@ -48,11 +48,12 @@ def storage_error(
     cause = (e.strerror or os.strerror(e.errno)).lower()
     file = f" for {e.filename}" if e.filename is not None else ""
     todo = "free some space" if e.errno in _FULL else "check the folder's permissions"
-    if flag is not None and (folder is None or e.filename is None or _inside(e.filename, folder)):
+    if flag is not None and (folder is None or e.filename is None or inside(e.filename, folder)):
         todo += f" or choose another {flag}"
     return UserError(f"{cause}{file}; {todo}")
 
 
-def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+def inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether `path` is `folder` or lies within it (by name: a link in it counts)."""
     path, folder = os.path.abspath(path), os.path.abspath(folder)  # links are the folder's
     return os.path.commonpath([path, folder]) == folder

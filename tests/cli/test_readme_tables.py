@@ -214,3 +214,18 @@ def test_the_sweep_table_ranks_the_runs_and_averages_over_seeds(tmp_path):
         "| 0.1 | 0.8500 ± 0.0707 | 0.8400 ± 0.0707 | 2 / 2 |",
     ]
     assert lines[-1] == "3 of 4 runs finished; 2 min of training on cpu x1."
+
+
+def test_a_storage_error_suggests_the_flag_that_names_the_file():
+    import errno
+
+    named = {"--readme": "README.md", "--docs": "docs", "--results": "results"}
+
+    def line(path):
+        error = OSError(errno.ENOSPC, "No space left on device", path)
+        return str(readme_tables.where_to_look(error, named))
+
+    assert line("README.md").endswith("free some space or choose another --readme")
+    assert line("docs/more_data_full.png").endswith("choose another --docs")
+    assert line("/tmp/elsewhere").endswith("; free some space")
+    assert readme_tables.where_to_look(ValueError("no OSError"), named) is None
