@@ -59,5 +59,25 @@ def mnist_small():
     return data.mnist(train_size=2000)
 
 
+@pytest.fixture
+def signalled_as_it_ends():
+    """`lib.nielsen.train.train_and_evaluate` that sends this process SIGTERM as each run
+    ends, too late to stop that run: patch it in to test that the caller of several runs
+    starts no other."""
+    import os
+    import signal
+
+    from lib.nielsen import train
+
+    train_and_evaluate = train.train_and_evaluate
+
+    def train_then_signal(*args, **kwargs):
+        result = train_and_evaluate(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    return train_then_signal
+
+
 def pytest_report_header(config):
     return f"jax {jax.__version__}, {jax.device_count()} {jax.default_backend()} devices"

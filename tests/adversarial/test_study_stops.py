@@ -1,9 +1,6 @@
 """A stop asked of the blind-spot study while it trains its own targets: one that comes as a
 target's run ends (too late to stop that run) starts no other run and no attack."""
 
-import os
-import signal
-
 import pytest
 
 from experiments import adversarial as experiment
@@ -16,14 +13,9 @@ SMALL = {"train_size": 200, "target_epochs": 1, "eps": (0.1,), "test_size": 20,
 
 
 @pytest.mark.parametrize("nets", [("none", "fgsm"), ("none",)])
-def test_a_stop_as_a_target_finishes_starts_no_other_work(tmp_path, monkeypatch, nets):
-    train_and_evaluate = train.train_and_evaluate
-
-    def signalled_as_it_ends(*args, **kwargs):
-        result = train_and_evaluate(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # too late to stop this run: it has finished
-        return result
-
+def test_a_stop_as_a_target_finishes_starts_no_other_work(
+    tmp_path, monkeypatch, nets, signalled_as_it_ends
+):
     monkeypatch.setattr(experiment, "QUICK_RECIPE", RECIPE)
     monkeypatch.setattr(train, "train_and_evaluate", signalled_as_it_ends)
     stopped = experiment.run({**SMALL, "train": nets}, str(tmp_path), verbose=False)

@@ -2,8 +2,6 @@
 resumes exactly, and one that comes as a ladder run ends stops the ladder before its next."""
 
 import json
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -82,17 +80,12 @@ def test_a_scan_run_stopped_mid_epoch_resumes_as_if_never_stopped(
     )
 
 
-def test_a_stop_as_a_ladder_run_ends_stops_the_ladder_before_the_next(tmp_path, monkeypatch):
+def test_a_stop_as_a_ladder_run_ends_stops_the_ladder_before_the_next(
+    tmp_path, monkeypatch, signalled_as_it_ends
+):
     from absl.testing import flagsaver
 
     from launch import ladder
-
-    train_and_evaluate = train.train_and_evaluate
-
-    def signalled_as_it_ends(*args, **kwargs):
-        result = train_and_evaluate(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # too late to stop this run: it has finished
-        return result
 
     flags = {"nets": "shallow", "seeds": "0,1", "train_size": "200", "validation_size": "100",
              "test_size": "100", "epochs": "1", "num_devices": "1", "table_only": "false",

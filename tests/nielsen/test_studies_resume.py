@@ -3,8 +3,6 @@ was never stopped: the finished runs are kept, the stopped one resumes from its 
 and a stop that comes as a run ends starts no other."""
 
 import json
-import os
-import signal
 
 import pytest
 
@@ -82,15 +80,10 @@ def test_a_stopped_study_resumes_as_if_never_stopped(tmp_path, monkeypatch, name
 
 
 @pytest.mark.parametrize("name", list(STUDIES))
-def test_a_stop_as_a_run_ends_starts_no_other_run(tmp_path, monkeypatch, name):
+def test_a_stop_as_a_run_ends_starts_no_other_run(
+    tmp_path, monkeypatch, name, signalled_as_it_ends
+):
     module, config = STUDIES[name]
-    train_and_evaluate = train.train_and_evaluate
-
-    def signalled_as_it_ends(*args, **kwargs):
-        result = train_and_evaluate(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # too late to stop this run: it has finished
-        return result
-
     monkeypatch.setattr(train, "train_and_evaluate", signalled_as_it_ends)
     stopped = module.run({**config, **SMALL}, workdir=str(tmp_path), verbose=False)
     assert stopped == {"finished": False}
