@@ -376,7 +376,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
             write_outputs(root, config, results)
 
     if not finished:
-        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        common.say_stopped(say, config, stop)
         return {"finished": False}
     if "tanh" in results:
         for name, result in results.items():

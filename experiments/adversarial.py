@@ -389,38 +389,21 @@ def _study(
     say = print if verbose else (lambda *a, **k: None)
     writer = metrics.MetricsWriter(root)
     writer.write_json("config.json", config)
-    if not targets:
-        targets = _train_targets(config, root, verbose, load)
-        if targets is None:
-            say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
-            return {"finished": False}
-    _unique_names(targets)
-    started = time.perf_counter()
-    test = load(config["dataset"], order="book").test
-    kept = root / "targets"
-    kept.mkdir(exist_ok=True)
-    results, pictures = {}, None  # the figures show the first target's pictures
-    for i, target in enumerate(targets):
-        done, drawn = kept / f"{i}.json", kept / f"{i}.npz"
-        if (
-            done.exists()
-            and json.loads(done.read_text())["workdir"] == str(target.workdir)
-            and (i > 0 or drawn.exists())
-        ):
-            results[target.name] = json.loads(done.read_text())
-            if i == 0:
-                with np.load(drawn) as saved:
-                    pictures = dict(saved)
-            say(f"{target.name}: done before, kept in {done}", flush=True)
-            continue
-        say(f"{target.name} ({target.workdir}):", flush=True)
-        if target.checkpoint_notice:
-            say(f"  {target.checkpoint_notice}", flush=True)
-        results[target.name], shown = attack(target, test, config, say)
-        if i == 0:
-            pictures = shown
-            _save_pictures(drawn, shown)  # before the JSON that marks the target done
-        metrics.write_json(done, results[target.name])
+    # A stop is looked for before each net the study trains and each target it attacks:
+    # what finished is kept, and the same command goes on from there.
+    attacked = None
+    with GracefulStop() as stop:
+        if not targets:
+            targets = _train_targets(config, root, verbose, load, stop)
+        if targets is not None:
+            _unique_names(targets)
+            started = time.perf_counter()
+            attacked = _attack_each(config, root, targets, say, load, stop)
+    if attacked is None:
+        common.say_stopped(say, config, stop)
+        return {"finished": False}
+    results, pictures = attacked
+    test = load(config["dataset"], order="book").test  # loaded once: `load` keeps it
     summary = {
         "finished": True,
         "eps": config["eps"],
@@ -458,38 +441,82 @@ def _study(
     return summary
 
 
+def _attack_each(
+    config: dict,
+    root: Path,
+    targets: list[Target],
+    say: Callable[..., None],
+    load: Callable[..., data.Splits],
+    stop: GracefulStop,
+) -> tuple[dict, dict | None] | None:
+    """Each target's attacks (`attack`), in order, keeping each in ROOT/targets as it ends
+    and skipping those kept before: (results by name, the first target's pictures); None
+    when a stop is asked before the last of them starts."""
+    test = load(config["dataset"], order="book").test
+    kept = root / "targets"
+    results, pictures = {}, None  # the figures show the first target's pictures
+    for i, target in enumerate(targets):
+        done, drawn = kept / f"{i}.json", kept / f"{i}.npz"
+        if (
+            done.exists()
+            and json.loads(done.read_text())["workdir"] == str(target.workdir)
+            and (i > 0 or drawn.exists())
+        ):
+            results[target.name] = json.loads(done.read_text())
+            if i == 0:
+                with np.load(drawn) as saved:
+                    pictures = dict(saved)
+            say(f"{target.name}: done before, kept in {done}", flush=True)
+            continue
+        if stop():  # asked as the net or target before finished: it is kept
+            return None
+        kept.mkdir(exist_ok=True)
+        say(f"{target.name} ({target.workdir}):", flush=True)
+        if target.checkpoint_notice:
+            say(f"  {target.checkpoint_notice}", flush=True)
+        results[target.name], shown = attack(target, test, config, say)
+        if i == 0:
+            pictures = shown
+            _save_pictures(drawn, shown)  # before the JSON that marks the target done
+        metrics.write_json(done, results[target.name])
+    return results, pictures
+
+
 def _train_targets(
-    config: dict, root: Path, verbose: bool, load: Callable[..., data.Splits]
+    config: dict,
+    root: Path,
+    verbose: bool,
+    load: Callable[..., data.Splits],
+    stop: GracefulStop,
 ) -> list[Target] | None:
     """The nets of --train, trained in `root` (a finished one is kept); None when a stop
-    was asked before the last of them finished."""
+    was asked before the last of them finished (`stop`, looked at before each starts)."""
     say = print if verbose else (lambda *a, **k: None)
     targets = []
-    with GracefulStop() as stop:
-        for method in config["train"]:
-            if stop():  # asked as the net before finished: it is kept, none starts
-                return None
-            workdir = root / ("target" if method == "none" else f"target-{method}")
-            trained = "" if method == "none" else f", trained on {method.upper()} images"
-            say(f"no --targets: the quick recipe's relu net{trained}, in {workdir}", flush=True)
-            summary = mnist_convnet.run(
-                {
-                    **QUICK_RECIPE,
-                    "dataset": config["dataset"],
-                    "epochs": config["target_epochs"],
-                    "train_size": config["train_size"],
-                    "adversarial_training": method,
-                    "adversarial_eps": config["adversarial_eps"],
-                    "adversarial_steps": config["adversarial_steps"],
-                    "adversarial_warmup": config["adversarial_warmup"] if method == "pgd" else 0.0,
-                },
-                str(workdir),
-                verbose=verbose,
-            )
-            if not summary["finished"]:
-                return None
-            targets.append(Target(workdir, load))
-        return None if stop() else targets  # asked as the last finished: no attack starts
+    for method in config["train"]:
+        if stop():  # asked as the net before finished: it is kept, none starts
+            return None
+        workdir = root / ("target" if method == "none" else f"target-{method}")
+        trained = "" if method == "none" else f", trained on {method.upper()} images"
+        say(f"no --targets: the quick recipe's relu net{trained}, in {workdir}", flush=True)
+        summary = mnist_convnet.run(
+            {
+                **QUICK_RECIPE,
+                "dataset": config["dataset"],
+                "epochs": config["target_epochs"],
+                "train_size": config["train_size"],
+                "adversarial_training": method,
+                "adversarial_eps": config["adversarial_eps"],
+                "adversarial_steps": config["adversarial_steps"],
+                "adversarial_warmup": config["adversarial_warmup"] if method == "pgd" else 0.0,
+            },
+            str(workdir),
+            verbose=verbose,
+        )
+        if not summary["finished"]:
+            return None
+        targets.append(Target(workdir, load))
+    return targets
 
 
 def _save_pictures(path: Path, pictures: dict) -> None:

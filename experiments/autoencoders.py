@@ -313,7 +313,7 @@ def _run(config: dict, root: Path, data, verbose: bool) -> dict:
         with GracefulStop() as stop:
             summary = _trained(config, root, train, test, validation, verbose, stop)
     if not summary["finished"]:
-        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        common.say_stopped(say, config, stop)
         return summary
     published = reference(config)
     if published is not None:

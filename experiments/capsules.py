@@ -278,7 +278,7 @@ def _run(config: dict, root: Path, verbose: bool) -> dict:
             should_stop=stop,
         )
     if not result.finished:
-        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        common.say_stopped(say, config, stop)
         return {"finished": False}
 
     finishing = time.perf_counter()

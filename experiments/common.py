@@ -24,7 +24,7 @@ from lib.core.config import (  # noqa: F401
     Setting,
 )
 from lib.core.errors import ConfigError, DivergedError, UserError, storage_error
-from lib.core.stop import STOPPED  # the status of a stopped run (SIGTERM, Ctrl-C)
+from lib.core.stop import STOPPED, GracefulStop  # STOPPED: a stopped run's exit status
 from lib.nielsen import DRIVERS, LAYOUTS
 
 FLAGS = flags.FLAGS
@@ -271,6 +271,14 @@ def run_from_flags(
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary
+
+
+def say_stopped(say: Callable[..., None], config: Mapping, stop: GracefulStop) -> None:
+    """The line a stopped run ends with, telling how to resume it; none for a run stopped
+    inside a caller of several runs (`stop.nested`: the study, ladder or sweep, whose own
+    line names the command to run again)."""
+    if not stop.nested:
+        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
 
 
 def loop_hooks(name: str, verbose: bool = True, epochs: int | None = None):

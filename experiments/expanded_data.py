@@ -476,7 +476,7 @@ def _study(config: dict, root: Path, verbose: bool) -> dict:
                 break
 
     if not finished:
-        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        common.say_stopped(say, config, stop)
         return {"finished": False}
     markdown = table(reports, config)
     (root / "table.md").write_text(markdown + "\n")

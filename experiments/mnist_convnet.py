@@ -387,7 +387,7 @@ def _train(
             flush=True,
         )
     else:
-        say(f"stopped; run again with --workdir={config['workdir']} to resume", flush=True)
+        common.say_stopped(say, config, stop)
     return summary
 
 

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lib.core.errors import UserError
+from lib.core.errors import DENIED_ERRNOS, FULL_ERRNOS, UserError
 
 CHECKSUM_KEY = "_sha256"  # in the saved record: the checksum of the state and the record
 
@@ -52,7 +52,6 @@ class Damaged(Exception):
 # The OS errors of a read that mean a file of the step is gone: the step is damaged. Any
 # other (no permission, an I/O error) says nothing of the step's files.
 _MISSING = (errno.ENOENT, errno.ENOTDIR)
-_DENIED = (errno.EACCES, errno.EPERM)
 # TensorStore's errors are ValueErrors "STATUS: ...", ending "[os_error_code='13']" where
 # an OS error caused them. These statuses, too, say nothing of the files.
 _TENSORSTORE_STATUS = re.compile(r"([A-Z_]+): ")
@@ -122,21 +121,25 @@ def _os_error_code(cause: BaseException) -> int | None:
     return int(found[1]) if found else None
 
 
+def _status(cause: BaseException) -> str | None:
+    """The status a TensorStore error starts with ("PERMISSION_DENIED", ...); None for
+    any other exception."""
+    found = _TENSORSTORE_STATUS.match(str(cause))
+    return found[1] if found else None
+
+
 def _disk_full(e: BaseException) -> bool:
     """Whether `e` or an exception behind it says the disk or the quota is full."""
     return any(
-        _os_error_code(cause) in (errno.ENOSPC, errno.EDQUOT)
-        or "No space left on device" in str(cause)
+        _os_error_code(cause) in FULL_ERRNOS or "No space left on device" in str(cause)
         for cause in _causes(e)
     )
 
 
 def _denied(cause: BaseException) -> bool:
-    """Whether `cause` is a permission denied (an OSError's or TensorStore's)."""
-    status = _TENSORSTORE_STATUS.match(str(cause))
-    return _os_error_code(cause) in _DENIED or (
-        status is not None and status[1] == "PERMISSION_DENIED"
-    )
+    """Whether `cause` is a permission denied or a read-only file system (an OSError's or
+    TensorStore's)."""
+    return _os_error_code(cause) in DENIED_ERRNOS or _status(cause) == "PERMISSION_DENIED"
 
 
 def _read_failure(e: BaseException) -> str:
@@ -144,12 +147,14 @@ def _read_failure(e: BaseException) -> str:
     truncated, corrupt or missing; "denied" for a permission denied; "other" for a failure
     that says nothing of the files (no memory, an I/O error)."""
     for cause in _causes(e):
-        code = _os_error_code(cause)
-        status = _TENSORSTORE_STATUS.match(str(cause))
-        status = status[1] if status else None
         if _denied(cause):
             return "denied"
-        if isinstance(cause, MemoryError) or code not in (None, *_MISSING) or status in _TRANSIENT:
+        code = _os_error_code(cause)
+        if (
+            isinstance(cause, MemoryError)
+            or code not in (None, *_MISSING)
+            or _status(cause) in _TRANSIENT
+        ):
             return "other"
     return "damaged"
 
@@ -269,9 +274,15 @@ class Checkpointer:
             _emit(held)
             return
         self._discard(step)
-        if any(_denied(cause) for cause in _causes(failure)):
+        denied = [cause for cause in _causes(failure) if _denied(cause)]
+        if denied:
+            what = (
+                "read-only file system"
+                if any(_os_error_code(cause) == errno.EROFS for cause in denied)
+                else "permission denied"
+            )
             raise UserError(
-                f"permission denied writing checkpoint step {step} in {self.directory}; "
+                f"{what} writing checkpoint step {step} in {self.directory}; "
                 "check the folder's permissions and run the same command again to resume"
             ) from None
         if not _disk_full(failure):

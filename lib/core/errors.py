@@ -31,8 +31,8 @@ class DivergedError(RuntimeError):
 
 
 # The OS errors that the machine causes, not the code, and what to do about each.
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-_DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def storage_error(
@@ -43,11 +43,11 @@ def storage_error(
     (`flag`: the option that names another folder, if any, suggested only for a file
     inside `folder`, the one it names now, when that is known); None for any other
     exception, a bug to raise as it is."""
-    if not isinstance(e, OSError) or e.errno not in (*_FULL, *_DENIED):
+    if not isinstance(e, OSError) or e.errno not in (*FULL_ERRNOS, *DENIED_ERRNOS):
         return None
     cause = (e.strerror or os.strerror(e.errno)).lower()
     file = f" for {e.filename}" if e.filename is not None else ""
-    todo = "free some space" if e.errno in _FULL else "check the folder's permissions"
+    todo = "free some space" if e.errno in FULL_ERRNOS else "check the folder's permissions"
     if flag is not None and (folder is None or e.filename is None or inside(e.filename, folder)):
         todo += f" or choose another {flag}"
     return UserError(f"{cause}{file}; {todo}")

@@ -36,6 +36,12 @@ class GracefulStop:
     def __call__(self) -> bool:
         return self.requested
 
+    @property
+    def nested(self) -> bool:
+        """Whether this stop was entered inside another's, whose owner (a caller of
+        several runs) then tells the user how to go on, not this one."""
+        return self._outer is not None
+
     def _handle(self, signum, frame):
         if self.interrupt:
             raise KeyboardInterrupt

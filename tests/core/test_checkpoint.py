@@ -243,11 +243,12 @@ QUOTA = ValueError(  # TensorStore's way of saying so: no OSError
     "error, expected",
     [
         (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/ckpt/3"), "permission denied"),
+        (OSError(errno.EROFS, os.strerror(errno.EROFS), "/ckpt/3"), "read-only file system"),
         (QUOTA, "no space left"),
     ],
-    ids=["permission denied", "quota (TensorStore)"],
+    ids=["permission denied", "read-only", "quota (TensorStore)"],
 )
-def test_a_denied_or_over_quota_save_is_one_line(two_steps, monkeypatch, error, expected):
+def test_a_denied_read_only_or_over_quota_save_is_one_line(two_steps, monkeypatch, error, expected):
     _fail_saving(monkeypatch, error)
     checkpoints = Checkpointer(two_steps)
     with pytest.raises(UserError) as raised:

@@ -61,3 +61,18 @@ def test_an_interrupting_caller_interrupts_runs_that_never_look_but_waits_for_th
             os.kill(os.getpid(), signal.SIGINT)
             assert run()
         assert sweep()  # handed on: the sweep stops before its next run
+
+
+def test_a_run_stopped_inside_a_caller_leaves_the_resume_line_to_it():
+    """A run's stop nested in a caller's says nothing of how to resume: the caller's line
+    names the command to run again (the study's, not the workdir of one of its runs)."""
+    from experiments import common
+
+    said = []
+    with GracefulStop() as caller:
+        with GracefulStop() as run:
+            os.kill(os.getpid(), signal.SIGTERM)
+        common.say_stopped(lambda line, **_: said.append(line), {"workdir": "runs/one"}, run)
+    common.say_stopped(lambda line, **_: said.append(line), {"workdir": "runs/study"}, caller)
+    assert run.nested and not caller.nested and caller()
+    assert said == ["stopped; run again with --workdir=runs/study to resume"]
