@@ -226,6 +226,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest
 
 
+def positive_ints(name: str) -> list[int]:
+    """The values of list flag --`name`: whole numbers, at least one, each at least 1; a
+    UserError saying so otherwise."""
+    try:
+        values = [int(v) for v in FLAGS[name].value]
+    except ValueError:
+        got = ",".join(FLAGS[name].value)
+        raise UserError(f"--{name} takes whole numbers, got {got}") from None
+    if not values or min(values) < 1:
+        raise UserError(f"--{name} takes whole numbers of at least 1")
+    return values
+
+
 def fail(message: str) -> None:
     """End the process as a user's mistake does: `message` in one line, status 1."""
     print(f"error: {message}", file=sys.stderr)

@@ -37,18 +37,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from experiments import common
 from lib.core import xla_cpu
 from lib.core.errors import UserError
 from lib.nielsen import nets, train
+from lib.nielsen.timing import IMAGES, time_case
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS[:-1]), "Rungs to time (the ensemble is --ensemble).")
@@ -71,8 +69,6 @@ flags.DEFINE_list(
 )
 flags.DEFINE_float("peak_gflops", None, "The device's float32 peak; default: read off the CPU.")
 flags.DEFINE_bool("jsonl", False, "Print one JSON line per case instead of the table.")
-
-IMAGES = 50_000  # a rung's training images; the expanded set is five times as many
 
 
 def cpu_peak_gflops() -> tuple[float, str] | None:
@@ -100,86 +96,6 @@ def cpu_peak_gflops() -> tuple[float, str] | None:
     return peak, f"{cores} cores x {float(mhz) / 1e3:.2f} GHz x {per_cycle} FLOP/cycle"
 
 
-def step_indices(key: jax.Array, n: int, batch_size: int, steps: int) -> jax.Array:
-    """`steps` mini-batches of indices into n examples: epoch 0's (`train.epoch_indices`),
-    then epoch 1's and so on, as many epochs as it takes."""
-    epochs = -(-steps // (n // batch_size))
-    batches = [train.epoch_indices(key, epoch, n, batch_size) for epoch in range(epochs)]
-    return jnp.concatenate(batches)[:steps]
-
-
-def time_case(
-    name: str,
-    batch_size: int,
-    members: int,
-    layout: str,
-    steps: int,
-    driver: str,
-    repeats: int = 1,
-    steps_per_call: int | None = None,
-) -> dict:
-    """One case's speed: the fastest of `repeats` timings of `steps` steps."""
-    rung = nets.RUNGS[name]
-    model = nets.create(name)
-    n = IMAGES
-    config = train.TrainConfig(
-        epochs=1, batch_size=batch_size, learning_rate=rung.learning_rate, expanded=rung.expanded
-    )
-    epoch_examples = train.virtual_train_size(n, config)
-    optimizer = train.make_optimizer("sgd", rung.learning_rate)
-    steps_per_epoch = epoch_examples // batch_size
-    step = train.make_train_step(
-        model, optimizer, 0.5 * rung.l2 / steps_per_epoch, train.make_batch_fn(rung.expanded)
-    )
-    if steps_per_call is None:
-        steps_per_call = train.steps_per_call(driver, steps_per_epoch)
-    runner = train.make_runner(step, members, layout, driver, steps_per_call)
-    rng = np.random.default_rng(0)
-    data = {
-        "images": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)),
-        "labels": jnp.asarray(rng.integers(0, 10, n, np.int32)),
-    }
-    init_key, shuffle_key, step_key = train.run_keys(0, members)
-    state = train.init_state(model, optimizer, init_key, data["images"][:1])
-    idx = step_indices(shuffle_key, epoch_examples, batch_size, steps)
-    for _ in range(2):  # compile, then warm up (the devices layout's copies compile on the way)
-        state, _ = runner(state, data, idx, step_key)
-        jax.block_until_ready(state)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        state, _ = runner(state, data, idx, step_key)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - started)
-    per_step = min(times) / steps
-    examples_per_s = batch_size * members / per_step
-    return {
-        "path": xla_cpu.path() if jax.default_backend() == "cpu" else "-",
-        "net": name,
-        "batch": batch_size,
-        "members": members,
-        "layout": train.resolve_layout(layout) if members > 1 else "-",
-        "driver": runner.driver,
-        "steps_per_call": runner.steps_per_call,
-        "ms_per_step": 1e3 * per_step,
-        "examples_per_s": examples_per_s,
-        "gflops": examples_per_s * 6 * nets.forward_macs(model) / 1e9,
-        "epoch_examples": epoch_examples,
-        "s_per_epoch": per_step * steps_per_epoch,
-    }
-
-
-def positive_ints(name: str) -> list[int]:
-    try:
-        values = [int(v) for v in FLAGS[name].value]
-    except ValueError:
-        got = ",".join(FLAGS[name].value)
-        raise UserError(f"--{name} takes whole numbers, got {got}") from None
-    if not values or min(values) < 1:
-        raise UserError(f"--{name} takes whole numbers of at least 1")
-    return values
-
-
 def check_flags() -> None:
     for name in FLAGS.nets:
         if name not in nets.RUNGS:
@@ -196,9 +112,9 @@ def check_flags() -> None:
         raise UserError(f"--repeats must be at least 1, got {FLAGS.repeats}")
     if FLAGS.peak_gflops is not None and FLAGS.peak_gflops <= 0:
         raise UserError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
-    if max(positive_ints("batch_sizes")) > IMAGES:
+    if max(common.positive_ints("batch_sizes")) > IMAGES:
         raise UserError(f"--batch_sizes must be at most {IMAGES:,}, the images of an epoch")
-    positive_ints("ensemble")
+    common.positive_ints("ensemble")
     blocks()
 
 
@@ -218,8 +134,8 @@ def blocks() -> list[int | None]:
 
 def cases_here(steps: int) -> Iterator[dict]:
     for name in FLAGS.nets:
-        for batch in positive_ints("batch_sizes"):
-            for members in positive_ints("ensemble"):
+        for batch in common.positive_ints("batch_sizes"):
+            for members in common.positive_ints("ensemble"):
                 for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
                     for block in blocks():
                         yield time_case(

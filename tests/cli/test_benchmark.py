@@ -1,11 +1,8 @@
 """The MNIST speed benchmark: its table, every ensemble layout and CPU path, and a clear
 line for bad input."""
 
-import subprocess
-import sys
-
 import pytest
-from commands import ROOT, run_module
+from commands import run_module
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -59,22 +56,16 @@ def test_benchmark_refuses_bad_input_in_one_line(flag, message):
 
 def test_the_timed_steps_go_on_through_as_many_epochs_as_they_take():
     """`step_indices` gives every step asked for, beyond one epoch's, for one net and for a
-    stack of member keys. In a process of its own: launch.benchmark's flags share names
-    with launch.ladder's."""
-    code = """
-import numpy as np
-from launch import benchmark
-from lib.nielsen import train
-for members, shape in ((1, (7, 3)), (2, (7, 2, 3))):
-    key = train.run_keys(0, members)[1]
-    idx = np.asarray(benchmark.step_indices(key, 10, 3, 7))
-    epochs = [np.asarray(train.epoch_indices(key, e, 10, 3)) for e in range(3)]
-    assert idx.shape == shape, idx.shape
-    np.testing.assert_array_equal(idx, np.concatenate(epochs)[:7])
-    assert not np.array_equal(epochs[0], epochs[1])
-print("ok")
-"""
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    stack of member keys."""
+    import numpy as np
+
+    from lib.nielsen import train
+    from lib.nielsen.timing import step_indices
+
+    for members, shape in ((1, (7, 3)), (2, (7, 2, 3))):
+        key = train.run_keys(0, members)[1]
+        idx = np.asarray(step_indices(key, 10, 3, 7))
+        epochs = [np.asarray(train.epoch_indices(key, e, 10, 3)) for e in range(3)]
+        assert idx.shape == shape, idx.shape
+        np.testing.assert_array_equal(idx, np.concatenate(epochs)[:7])
+        assert not np.array_equal(epochs[0], epochs[1])
