@@ -20,11 +20,11 @@ The ops are those of the book's relu rung (`lib.nielsen.nets`: ConvPool 20 5x5 o
   call); its formulation is the one this process trains with (`resolve_conv`,
   `resolve_pool`, set by `lib.core.xla_cpu`).
 
-Each op (`lib.nielsen.timing.parts`) is jitted alone, with random normal float32 inputs of its shapes already on the
-device; it compiles once, then `--steps` calls are timed `--repeats` times, blocking on
-the last result, and the fastest is kept (other work on the machine only ever slows a
-timing down). "share of step" is an op's ms over the step's at that batch size
-("-" when --ops leaves the step out).
+Each op (`lib.nielsen.timing.parts`) is jitted alone, with random normal float32 inputs of
+its shapes already on the device; it compiles once, then `--steps` calls are timed
+`--repeats` times, blocking on the last result, and the fastest is kept (other work on
+the machine only ever slows a timing down). "share of step" is an op's ms over the
+step's at that batch size ("-" when --ops leaves the step out).
 
 On a 2-core CPU, pin it to one core (`taskset -c 1 python -m launch.bench_ops`) to time
 the parts as one net's training runs them on one core, as the README's speed section did.

@@ -229,3 +229,19 @@ def test_a_storage_error_suggests_the_flag_that_names_the_file():
     assert line("docs/more_data_full.png").endswith("choose another --docs")
     assert line("/tmp/elsewhere").endswith("; free some space")
     assert readme_tables.where_to_look(ValueError("no OSError"), named) is None
+
+
+def test_every_kept_file_and_figure_the_readme_names_is_there():
+    """The README cites results/ folders and files for its numbers, and shows figures from
+    docs/: each one it names exists (a pattern such as seed=<k> stands for at least one)."""
+    import glob
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`(results/[^`\s]*)`", readme))
+    named |= set(re.findall(r"\]\((docs/[^)\s]+)\)", readme))
+    assert len(named) > 20, "the README names its kept results and figures"
+    missing = [
+        path for path in sorted(named) if not glob.glob(str(ROOT / re.sub(r"<[^>]+>", "*", path)))
+    ]
+    assert not missing, f"the README names files that are not in the repository: {missing}"
