@@ -628,7 +628,7 @@ def _train(
             + (f"{rate:,.0f} training images/s; " if rate else "")
             + f"{_duration(summary['wall_time_s'])} on {device}"
         )
-    else:
+    elif not getattr(stop, "nested", False):  # a caller of several runs says how to go on
         report(f"stopped at step {step}; run again with --workdir={workdir} to resume")
     return summary
 

@@ -77,6 +77,27 @@ def test_a_stopped_run_resumes_to_the_same_end(finished, tmp_path):
     assert imagenet_result(tmp_path) == imagenet_result(finished[0])
 
 
+def test_a_run_stopped_inside_a_caller_leaves_the_resume_line_to_it(tmp_path):
+    """SIGTERM to a run whose own stop is nested in a caller's (a sweep's, in one process):
+    the run saves and stops, and the caller, not the run, says how to go on."""
+    import os
+    import signal
+
+    from lib.core.stop import GracefulStop
+
+    lines = []
+
+    def report(line):
+        lines.append(line)
+        if "  step 6/8" in line:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with GracefulStop() as caller:
+        stopped = loop.train_and_evaluate(SMALL, tmp_path, report=report)
+    assert not stopped["finished"] and caller()
+    assert not any(line.startswith("stopped at step") for line in lines), lines
+
+
 def test_settings_are_resolved_and_checked_before_anything_is_written(tmp_path):
     resolved = loop.resolve({"model": "inception_v3", "batch_size": 512})
     assert resolved["image_size"] == 299 and resolved["learning_rate"] == pytest.approx(0.2)
