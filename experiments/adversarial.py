@@ -392,18 +392,18 @@ def _study(
     # A stop is looked for before each net the study trains and each target it attacks:
     # what finished is kept, and the same command goes on from there.
     attacked = None
+    test = load(config["dataset"], order="book").test
     with GracefulStop() as stop:
         if not targets:
             targets = _train_targets(config, root, verbose, load, stop)
         if targets is not None:
             _unique_names(targets)
             started = time.perf_counter()
-            attacked = _attack_each(config, root, targets, say, load, stop)
+            attacked = _attack_each(config, root, targets, test, say, stop)
     if attacked is None:
         common.say_stopped(say, config, stop)
         return {"finished": False}
     results, pictures = attacked
-    test = load(config["dataset"], order="book").test  # loaded once: `load` keeps it
     summary = {
         "finished": True,
         "eps": config["eps"],
@@ -445,14 +445,13 @@ def _attack_each(
     config: dict,
     root: Path,
     targets: list[Target],
+    test: data.Split,
     say: Callable[..., None],
-    load: Callable[..., data.Splits],
     stop: GracefulStop,
 ) -> tuple[dict, dict | None] | None:
-    """Each target's attacks (`attack`), in order, keeping each in ROOT/targets as it ends
-    and skipping those kept before: (results by name, the first target's pictures); None
-    when a stop is asked before the last of them starts."""
-    test = load(config["dataset"], order="book").test
+    """Each target's attacks (`attack`) on `test`, in order, keeping each in ROOT/targets
+    as it ends and skipping those kept before: (results by name, the first target's
+    pictures); None when a stop is asked before the last of them starts."""
     kept = root / "targets"
     results, pictures = {}, None  # the figures show the first target's pictures
     for i, target in enumerate(targets):
