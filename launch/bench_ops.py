@@ -36,9 +36,9 @@ import json
 from collections.abc import Iterator, Sequence
 
 import jax
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from launch import timing_flags
 from lib.core import xla_cpu
 from lib.core.errors import UserError
 from lib.nielsen import layers, timing
@@ -46,11 +46,7 @@ from lib.nielsen import layers, timing
 OPS = ("step", *timing.PARTS)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("batch_sizes", ["10", "100"], "Mini-batch sizes.")
-flags.DEFINE_integer("steps", None, "Calls to time; default 2,000 on accelerators, 200 on CPU.")
-flags.DEFINE_integer("repeats", 3, "Time the calls this many times and keep the fastest.")
 flags.DEFINE_list("ops", list(OPS), f"Ops to time, of {', '.join(OPS)}.")
-flags.DEFINE_bool("jsonl", False, "Print one JSON line per row instead of the table.")
 
 
 def step_ms(batch: int, steps: int, repeats: int) -> float:
@@ -80,38 +76,19 @@ def rows(
             }
 
 
-def batch_sizes() -> list[int]:
-    values = common.positive_ints("batch_sizes")
-    if max(values) > timing.IMAGES:
-        raise UserError(f"--batch_sizes must be at most {timing.IMAGES:,}, the images of an epoch")
-    return values
-
-
 def check_flags() -> None:
     for name in FLAGS.ops:
         if name not in OPS:
             raise UserError(f"unknown op '{name}'; choose from {', '.join(OPS)}")
     if not FLAGS.ops:
         raise UserError(f"--ops takes at least one of {', '.join(OPS)}")
-    if FLAGS.steps is not None and FLAGS.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {FLAGS.steps}")
-    if FLAGS.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {FLAGS.repeats}")
-    batch_sizes()
-
-
-def main(argv):
-    del argv  # common.parse_flags refuses positional arguments
-    try:
-        bench_ops()
-    except UserError as e:
-        common.fail(str(e))
+    timing_flags.check()
 
 
 def bench_ops() -> None:
     check_flags()
-    steps = FLAGS.steps or (200 if jax.default_backend() == "cpu" else 2000)
-    timed = rows(batch_sizes(), FLAGS.ops, steps, FLAGS.repeats)
+    steps = timing_flags.steps()
+    timed = rows(timing_flags.batch_sizes(), FLAGS.ops, steps, FLAGS.repeats)
     if FLAGS.jsonl:
         for row in timed:
             print(json.dumps(row), flush=True)
@@ -132,4 +109,4 @@ def bench_ops() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    timing_flags.run(bench_ops)

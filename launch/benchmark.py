@@ -4,6 +4,8 @@
     python -m launch.benchmark --nets=relu,dropout --paths=fast,reference
     python -m launch.benchmark --nets=dropout --batch_sizes=10 --ensemble=1,2,5 \
         --ensemble_layouts=devices,unrolled,vmap
+    python -m launch.benchmark --nets=relu --batch_sizes=10 --ensemble=1,2 \
+        --ensemble_layouts=devices,processes                    # against their floor
 
 Data are random arrays of MNIST's shape living on the device (speed does not
 depend on pixel values). Each case compiles, warms up, then times `--steps`
@@ -12,7 +14,12 @@ only ever slows a timing down), with the epoch driver the run would use (lax.sca
 on accelerators, a host loop on CPU; `--driver` forces one). Seconds per epoch
 are for the rung's real epoch: 50,000 images, or 250,000 for the expanded set.
 An ensemble is timed in each of `--ensemble_layouts` (`lib.nielsen.train.resolve_layout`);
-"vs 1 net" is its time per step over one net's, where that case is in the table.
+"vs 1 net" is its time per step over one net's, where that case is in the table. The
+layout "processes" is the benchmark's own: each net in a process of its own pinned to a
+core (net m to core m of those this process may use, cycling through them), the processes
+starting each timing together; its row is the slowest process's step. No run trains this
+way (the nets could not vote without gathering); it is the floor for the in-process
+layouts: as fast as nets side by side go when they share nothing but the machine.
 
 `--paths` times the CPU formulations of `lib.core.xla_cpu` side by side, each in a
 process of its own (XLA reads its flags once per process): "fast" (the default)
@@ -34,29 +41,34 @@ trained as one program in at most twice one net's time.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
+from typing import IO
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from experiments import common
+from launch import timing_flags
 from lib.core import xla_cpu
 from lib.core.errors import UserError
 from lib.nielsen import nets, train
-from lib.nielsen.timing import IMAGES, time_case
+from lib.nielsen.timing import time_case
+
+# The layouts a run trains in, and the benchmark's own: separate processes, one per core.
+LAYOUTS = (*train.LAYOUTS, "processes")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("nets", list(nets.NETS[:-1]), "Rungs to time (the ensemble is --ensemble).")
-flags.DEFINE_list("batch_sizes", ["10", "100"], "Mini-batch sizes.")
 flags.DEFINE_list("ensemble", ["1"], "Numbers of nets trained at once.")
 flags.DEFINE_list(
-    "ensemble_layouts", ["auto"], f"Ensemble layouts to time, of {', '.join(train.LAYOUTS)}."
+    "ensemble_layouts", ["auto"], f"Ensemble layouts to time, of {', '.join(LAYOUTS)}."
 )
-flags.DEFINE_integer("steps", None, "Steps to time; default 2,000 on accelerators, 200 on CPU.")
-flags.DEFINE_integer("repeats", 3, "Time the steps this many times and keep the fastest.")
 flags.DEFINE_enum("driver", "auto", train.DRIVERS, "Epoch driver.")
 flags.DEFINE_list(
     "steps_per_call",
@@ -68,7 +80,12 @@ flags.DEFINE_list(
     "paths", [], f"CPU formulations to time, of {', '.join(xla_cpu.PATHS)}; default: this one."
 )
 flags.DEFINE_float("peak_gflops", None, "The device's float32 peak; default: read off the CPU.")
-flags.DEFINE_bool("jsonl", False, "Print one JSON line per case instead of the table.")
+flags.DEFINE_bool(
+    "wait_for_go",
+    False,
+    "Before each timing, print 'ready' and wait for a line on standard input (how the "
+    "processes layout starts its processes' timings together).",
+)
 
 
 def cpu_peak_gflops() -> tuple[float, str] | None:
@@ -101,20 +118,17 @@ def check_flags() -> None:
         if name not in nets.RUNGS:
             raise UserError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")
     for layout in FLAGS.ensemble_layouts:
-        if layout not in train.LAYOUTS:
-            raise UserError(f"unknown layout '{layout}'; choose from {', '.join(train.LAYOUTS)}")
+        if layout not in LAYOUTS:
+            raise UserError(f"unknown layout '{layout}'; choose from {', '.join(LAYOUTS)}")
     for path in FLAGS.paths:
         if path not in xla_cpu.PATHS:
             raise UserError(f"unknown path '{path}'; choose from {', '.join(xla_cpu.PATHS)}")
-    if FLAGS.steps is not None and FLAGS.steps < 1:
-        raise UserError(f"--steps must be at least 1, got {FLAGS.steps}")
-    if FLAGS.repeats < 1:
-        raise UserError(f"--repeats must be at least 1, got {FLAGS.repeats}")
+    timing_flags.check()
     if FLAGS.peak_gflops is not None and FLAGS.peak_gflops <= 0:
         raise UserError(f"--peak_gflops must be positive, got {FLAGS.peak_gflops}")
-    if max(common.positive_ints("batch_sizes")) > IMAGES:
-        raise UserError(f"--batch_sizes must be at most {IMAGES:,}, the images of an epoch")
     common.positive_ints("ensemble")
+    if "processes" in FLAGS.ensemble_layouts and not hasattr(os, "sched_setaffinity"):
+        raise UserError("the processes layout pins a process to each core, which needs Linux")
     blocks()
 
 
@@ -133,14 +147,88 @@ def blocks() -> list[int | None]:
 
 
 def cases_here(steps: int) -> Iterator[dict]:
+    before_each = wait_for_go if FLAGS.wait_for_go else None
     for name in FLAGS.nets:
-        for batch in common.positive_ints("batch_sizes"):
+        for batch in timing_flags.batch_sizes():
             for members in common.positive_ints("ensemble"):
                 for layout in FLAGS.ensemble_layouts if members > 1 else ["auto"]:
                     for block in blocks():
+                        if layout == "processes":
+                            yield processes_case(name, batch, members, steps, block)
+                            continue
                         yield time_case(
-                            name, batch, members, layout, steps, FLAGS.driver, FLAGS.repeats, block
+                            name,
+                            batch,
+                            members,
+                            layout,
+                            steps,
+                            FLAGS.driver,
+                            FLAGS.repeats,
+                            block,
+                            before_each=before_each,
                         )
+
+
+def wait_for_go() -> None:
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+
+def processes_case(name: str, batch: int, members: int, steps: int, block: int | None) -> dict:
+    """`members` nets as separate processes, process m pinned to this process's core
+    m % cores, each timing one net's steps at the same moments as the others (each timing
+    starts when all are ready): as fast as nets side by side can go without sharing a
+    process, the floor for the in-process layouts. The row is the slowest process's."""
+    cores = sorted(os.sched_getaffinity(0))
+    argv = [
+        *("launch.benchmark", f"--nets={name}", f"--batch_sizes={batch}"),
+        *("--ensemble=1", f"--steps={steps}", f"--repeats={FLAGS.repeats}"),
+        *(f"--driver={FLAGS.driver}", f"--steps_per_call={block or 'auto'}"),
+        *(f"--paths={xla_cpu.path()}", "--jsonl", "--wait_for_go"),
+    ]
+    with contextlib.ExitStack() as stack:
+        children = []
+        for m in range(members):
+            errors = stack.enter_context(tempfile.TemporaryFile("w+"))
+            core = str(cores[m % len(cores)])
+            child = subprocess.Popen(
+                [sys.executable, "-m", "launch.pinned", core, *argv],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
+                env=xla_cpu.child_environment(xla_cpu.path()),
+            )
+            stack.callback(child.wait)
+            stack.callback(child.kill)  # at the end, or at a failure: none is left running
+            children.append((child, errors))
+        for _ in range(FLAGS.repeats):
+            for child, errors in children:
+                next_line(child, errors, "ready")
+            for child, _ in children:
+                child.stdin.write("go\n")
+                child.stdin.flush()
+        rows = [json.loads(next_line(child, errors, "{")) for child, errors in children]
+    slowest = max(rows, key=lambda row: row["ms_per_step"])
+    return {
+        **slowest,
+        "members": members,
+        "layout": "processes",
+        "examples_per_s": members * slowest["examples_per_s"],
+        "gflops": members * slowest["gflops"],
+    }
+
+
+def next_line(child: subprocess.Popen, errors: IO[str], start: str) -> str:
+    """The child's next line of output that starts with `start`; a UserError with its last
+    line of errors if it ends first."""
+    for line in child.stdout:
+        if line.startswith(start):
+            return line
+    child.wait()
+    errors.seek(0)
+    last = (errors.read().strip().splitlines() or ["no output"])[-1]
+    raise UserError(f"a process of the processes layout failed: {last}")
 
 
 def cases_in_process(path: str) -> list[dict]:
@@ -158,18 +246,9 @@ def cases_in_process(path: str) -> list[dict]:
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
-def main(argv):
-    del argv  # common.parse_flags refuses positional arguments
-    try:
-        benchmark()
-    except UserError as e:
-        common.fail(str(e))
-
-
 def benchmark() -> None:
     check_flags()
-    accelerator = jax.default_backend() != "cpu"
-    steps = FLAGS.steps or (2000 if accelerator else 200)
+    steps = timing_flags.steps()
     paths = FLAGS.paths or [xla_cpu.path()]
     if FLAGS.jsonl:
         for row in cases_here(steps):
@@ -225,4 +304,4 @@ def print_table(rows: Iterable[dict]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    timing_flags.run(benchmark)

@@ -68,8 +68,10 @@ def time_case(
     driver: str,
     repeats: int = 1,
     steps_per_call: int | None = None,
+    before_each: Callable[[], None] | None = None,
 ) -> dict:
-    """One case's speed: the fastest of `repeats` timings of `steps` steps."""
+    """One case's speed: the fastest of `repeats` timings of `steps` steps (`before_each`,
+    if given, is called before each timing starts)."""
     rung = nets.RUNGS[name]
     model = nets.create(name)
     n = IMAGES
@@ -98,6 +100,8 @@ def time_case(
         jax.block_until_ready(state)
     times = []
     for _ in range(repeats):
+        if before_each is not None:
+            before_each()
         started = time.perf_counter()
         state, _ = runner(state, data, idx, step_key)
         jax.block_until_ready(state)

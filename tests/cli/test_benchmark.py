@@ -1,8 +1,11 @@
 """The MNIST speed benchmark: its table, every ensemble layout and CPU path, and a clear
 line for bad input."""
 
+import subprocess
+import sys
+
 import pytest
-from commands import run_module
+from commands import ROOT, run_module
 
 
 def table_rows(stdout: str) -> list[list[str]]:
@@ -40,7 +43,10 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
 @pytest.mark.parametrize(
     "flag, message",
     [
-        ("--ensemble_layouts=pmap", "unknown layout 'pmap'"),
+        (
+            "--ensemble_layouts=pmap",
+            "unknown layout 'pmap'; choose from auto, vmap, unrolled, devices, processes",
+        ),
         ("--steps=-1", "--steps must be at least 1"),
         ("--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
         ("--batch_sizes=50001", "--batch_sizes must be at most 50,000"),
@@ -69,3 +75,59 @@ def test_the_timed_steps_go_on_through_as_many_epochs_as_they_take():
         assert idx.shape == shape, idx.shape
         np.testing.assert_array_equal(idx, np.concatenate(epochs)[:7])
         assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_the_processes_layout_times_nets_in_pinned_processes_at_once():
+    """One row per ensemble size: the slowest process's step, every net's examples, and
+    the step against one net's."""
+    done = run_module(
+        "launch.benchmark",
+        "--nets=shallow",
+        "--batch_sizes=10",
+        "--ensemble=1,3",
+        "--ensemble_layouts=processes",
+        "--steps=4",
+        "--repeats=2",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fork" not in done.stderr, done.stderr
+    one, three = table_rows(done.stdout)
+    assert (three[3], three[4]) == ("3", "processes")
+    ms, examples = float(three[7]), float(three[9].replace(",", ""))
+    assert examples == pytest.approx(3 * 10 / ms * 1e3, rel=0.01)
+    assert float(three[8].removesuffix("x")) == pytest.approx(ms / float(one[7]), rel=0.03)
+
+
+def test_a_failing_process_of_the_processes_layout_is_one_line():
+    code = """
+import subprocess, sys, tempfile
+from launch import benchmark
+from lib.core.errors import UserError
+errors = tempfile.TemporaryFile("w+")
+child = subprocess.Popen(
+    [sys.executable, "-c", "import sys; print('ready'); sys.exit('out of memory')"],
+    stdout=subprocess.PIPE, stderr=errors, text=True,
+)
+assert benchmark.next_line(child, errors, "ready") == "ready\\n"
+try:
+    benchmark.next_line(child, errors, "{")
+except UserError as e:
+    print(e)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "a process of the processes layout failed: out of memory"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["0"], "usage: python -m launch.pinned"), (["9999", "launch.benchmark"], "cannot pin")],
+)
+def test_pinned_refuses_bad_input_in_one_line(args, message):
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.pinned", *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -1,0 +1,30 @@
+"""Run a module as `python -m` does, pinned to some cores first (as `taskset -c` would):
+
+    python -m launch.pinned CORES MODULE [ARGS...]      # CORES: e.g. 1 or 0,1
+
+The pinning comes before the module, and `lib` with it, is imported: importing `lib` sets
+XLA's CPU device count from the cores the process may use (`lib.core.xla_cpu`).
+`launch.benchmark`'s processes layout starts its processes this way.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        sys.exit("usage: python -m launch.pinned CORES MODULE [ARGS...]")
+    cores, module, *args = argv
+    try:
+        os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
+    except (ValueError, OSError) as e:
+        sys.exit(f"error: cannot pin to cores '{cores}': {e}")
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
