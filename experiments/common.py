@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from lib.core import data as data_lib
 from lib.core import metrics
@@ -284,6 +284,20 @@ def run_from_flags(
     if summary.get("finished") is False:  # runs that cannot be stopped do not report it
         sys.exit(STOPPED)
     return summary
+
+
+def run_command(command: Callable[[], None]) -> None:
+    """Run `command` as its module's shell command: absl's flags (`parse_flags`), and a
+    user's mistake (a UserError) as one line on stderr and status 1, not a traceback."""
+
+    def main(argv: list[str]) -> None:
+        del argv  # parse_flags refuses positional arguments
+        try:
+            command()
+        except UserError as e:
+            fail(str(e))
+
+    app.run(main, flags_parser=parse_flags)
 
 
 def say_stopped(say: Callable[..., None], config: Mapping, stop: GracefulStop) -> None:

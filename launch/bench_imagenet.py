@@ -22,16 +22,15 @@ Target on one H100 or H200: ResNet-50 at batch 256 in bfloat16 above 7,000 image
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags
 
 from experiments import common
 from lib.core import parallel
+from lib.core.errors import UserError
 from lib.imagenet import train as it
 from lib.imagenet.nets import registry
 
@@ -92,28 +91,16 @@ def time_model(
     }
 
 
-def _fail(message: str) -> None:
-    print(f"bench_imagenet: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {' '.join(argv[1:])}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def main() -> None:
     names = FLAGS.models or list(registry.MODELS)
     for name in names:
-        try:
-            registry.check_name(name, it.SMOKE_MODELS)
-        except registry.UnknownModelError as e:
-            _fail(str(e))
+        registry.check_name(name, it.SMOKE_MODELS)
     if FLAGS.num_devices is not None and not 0 < FLAGS.num_devices <= jax.device_count():
-        _fail(f"--num_devices must be in [1, {jax.device_count()}]")
+        raise UserError(f"--num_devices must be in [1, {jax.device_count()}]")
     accelerator = jax.default_backend() != "cpu"
     steps = FLAGS.steps or (50 if accelerator else 3)
     if steps < 1 or FLAGS.warmup < 0 or (FLAGS.batch_size is not None and FLAGS.batch_size < 1):
-        _fail("--steps and --batch_size must be positive, --warmup not negative")
+        raise UserError("--steps and --batch_size must be positive, --warmup not negative")
     mesh = parallel.make_mesh(FLAGS.num_devices)
     dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
     device = jax.devices()[0].device_kind
@@ -126,7 +113,9 @@ def main(argv: Sequence[str]) -> None:
     for name in names:
         batch = FLAGS.batch_size or USUAL_BATCH[name]
         if batch % mesh.size:
-            _fail(f"batch {batch} does not split over {mesh.size} devices; set --batch_size")
+            raise UserError(
+                f"batch {batch} does not split over {mesh.size} devices; set --batch_size"
+            )
         row = time_model(
             name,
             batch,
@@ -144,4 +133,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_command(main)

@@ -12,14 +12,12 @@ prints a markdown table.
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import flags
 
 from experiments import common
-from lib.core.errors import DataError
+from lib.core.errors import UserError
 from lib.imagenet import input_pipeline
 
 FLAGS = flags.FLAGS
@@ -62,31 +60,19 @@ def images_per_second(
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def _fail(message: str) -> None:
-    print(f"bench_input: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv: Sequence[str]) -> None:
-    if not FLAGS["verbosity"].present:  # keep library INFO logs out of the table
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {' '.join(argv[1:])}")
+def main() -> None:
     try:
         workers = [int(w) for w in FLAGS.workers]
     except ValueError:
-        _fail(f"--workers must be integers, got {','.join(FLAGS.workers)}")
+        raise UserError(f"--workers must be integers, got {','.join(FLAGS.workers)}") from None
     if min(workers) < 0 or FLAGS.batch_size < 1 or FLAGS.resolution < 1 or FLAGS.batches < 1:
-        _fail("--workers must be >= 0 and --batch_size, --resolution, --batches positive")
+        raise UserError("--workers must be >= 0 and --batch_size, --resolution, --batches positive")
     if not set(FLAGS.modes) <= {"train", "eval"}:
-        _fail(f"--modes takes train and/or eval, got {','.join(FLAGS.modes)}")
+        raise UserError(f"--modes takes train and/or eval, got {','.join(FLAGS.modes)}")
     if FLAGS.dataset == "synthetic":
         source = input_pipeline.SyntheticImages()
-    else:
-        try:
-            source = input_pipeline.open_tfds_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
-        except DataError as err:
-            _fail(str(err))
+    else:  # a DataError if it cannot be read
+        source = input_pipeline.open_tfds_source(FLAGS.dataset, FLAGS.split, FLAGS.data_dir)
 
     print("| dataset | mode | resolution | workers | batch | images/s |")
     print("|---|---|---:|---:|---:|---:|", flush=True)
@@ -109,4 +95,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_command(main)

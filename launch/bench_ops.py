@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 import jax
 from absl import flags
 
+from experiments import common
 from launch import timing_flags
 from lib.core import xla_cpu
 from lib.core.errors import UserError
@@ -109,4 +110,4 @@ def bench_ops() -> None:
 
 
 if __name__ == "__main__":
-    timing_flags.run(bench_ops)
+    common.run_command(bench_ops)

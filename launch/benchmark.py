@@ -304,4 +304,4 @@ def print_table(rows: Iterable[dict]) -> None:
 
 
 if __name__ == "__main__":
-    timing_flags.run(benchmark)
+    common.run_command(benchmark)

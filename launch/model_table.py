@@ -14,12 +14,12 @@ each reference. Compiling every model takes about a minute on two CPU cores.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-from absl import app, flags, logging
+from absl import flags
 
 from experiments import common
+from lib.core.errors import UserError
 from lib.imagenet.nets import registry
 
 FLAGS = flags.FLAGS
@@ -79,24 +79,12 @@ def footnote(names: Sequence[str]) -> str:
     )
 
 
-def _fail(message: str) -> None:
-    print(f"model_table: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def main(argv: Sequence[str]) -> None:
-    if not FLAGS["verbosity"].present:  # keep library INFO logs out of the table
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        _fail(f"unexpected arguments {' '.join(argv[1:])}; use --models and --resolution")
+def main() -> None:
     names = FLAGS.models or list(registry.MODELS)
     for name in names:
-        try:
-            registry.check_name(name)
-        except registry.UnknownModelError as err:
-            _fail(str(err))
+        registry.check_name(name)
         if FLAGS.resolution is not None and FLAGS.resolution < registry.MIN_RESOLUTION[name]:
-            _fail(
+            raise UserError(
                 f"--resolution={FLAGS.resolution} is too small for {name}; "
                 f"it needs at least {registry.MIN_RESOLUTION[name]}"
             )
@@ -107,4 +95,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_command(main)

@@ -14,14 +14,20 @@ import runpy
 import sys
 
 
+def usage_error(message: str) -> None:
+    """As `launch.join_cluster`, the other command that runs a module: one line, status 2."""
+    print(f"pinned: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
-        sys.exit("usage: python -m launch.pinned CORES MODULE [ARGS...]")
+        usage_error("give the cores and the module to run, e.g. 1 launch.benchmark")
     cores, module, *args = argv
     try:
         os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
     except (ValueError, OSError) as e:
-        sys.exit(f"error: cannot pin to cores '{cores}': {e}")
+        usage_error(f"cannot pin to cores '{cores}': {e}")
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -1,14 +1,11 @@
-"""The flags `launch.benchmark` and `launch.bench_ops` share, defined once: the batch sizes
-to time, how many steps (calls) and how many timings, and the JSON-lines output; their
-checks, and the commands' `main`.
+"""The flags `launch.benchmark` and `launch.bench_ops` share, defined once, and their
+checks: the batch sizes to time, how many steps (calls) and timings, JSON-lines output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from lib.core.errors import UserError
@@ -43,16 +40,3 @@ def check() -> None:
 def steps() -> int:
     """--steps, or its default for this backend."""
     return FLAGS.steps or (200 if jax.default_backend() == "cpu" else 2000)
-
-
-def run(command: Callable[[], None]) -> None:
-    """Run `command` as a shell command: absl's flags, and a UserError as one line."""
-
-    def main(argv):
-        del argv  # common.parse_flags refuses positional arguments
-        try:
-            command()
-        except UserError as e:
-            common.fail(str(e))
-
-    app.run(main, flags_parser=common.parse_flags)

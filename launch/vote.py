@@ -21,7 +21,7 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from lib.core import data
@@ -119,16 +119,12 @@ def table(folders: list[Path], result: dict, names: list[str] | None = None) -> 
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv  # common.parse_flags refuses positional arguments
-    try:
-        folders = expand(FLAGS.runs)
-        print(table(folders, vote(folders)))
-    except UserError as e:
-        common.fail(str(e))
+def main() -> None:
+    folders = expand(FLAGS.runs)
+    print(table(folders, vote(folders)))
 
 
 if __name__ == "__main__":  # flags of the command only: launch.ladder imports vote
     flags.DEFINE_list("runs", None, "Finished runs' folders (globs allowed), comma-separated.")
     flags.mark_flag_as_required("runs")
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_command(main)

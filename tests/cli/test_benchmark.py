@@ -123,11 +123,11 @@ except UserError as e:
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["0"], "usage: python -m launch.pinned"), (["9999", "launch.benchmark"], "cannot pin")],
+    [(["0"], "pinned: error: give the cores and the module"), (["9999", "x"], "cannot pin")],
 )
 def test_pinned_refuses_bad_input_in_one_line(args, message):
     done = subprocess.run(
         [sys.executable, "-m", "launch.pinned", *args], cwd=ROOT, capture_output=True, text=True
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -1,9 +1,10 @@
-"""The model-table command: a row per model, and one clear line for a bad name."""
+"""The model-table command: a row per model; it and the other ImageNet-scale tools refuse
+bad input in one clear line."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import pytest
+from commands import assert_refused, run_module
 
 from launch import model_table
 
@@ -17,14 +18,17 @@ def test_row_reports_count_match_and_multiply_adds():
     assert line.startswith("| alexnet | 224 | 61,100,840 | 61,100,840 | ✓ |")
 
 
-def test_unknown_model_is_one_line_and_exit_code_2():
-    result = subprocess.run(
-        [sys.executable, "-m", "launch.model_table", "--models=resnet51"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 2
-    message = [line for line in result.stderr.splitlines() if "model_table:" in line]
-    assert len(message) == 1 and "unknown model 'resnet51'" in message[0]
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "module, flag, message",
+    [
+        ("launch.model_table", "--models=resnet51", "unknown model 'resnet51'"),
+        ("launch.model_table", "--models=alexnet --resolution=32", "too small for alexnet"),
+        ("launch.bench_imagenet", "--models=resnet51", "unknown model 'resnet51'"),
+        ("launch.bench_imagenet", "--steps=-1", "--steps and --batch_size must be positive"),
+        ("launch.bench_input", "--workers=two", "--workers must be integers"),
+        ("launch.bench_input", "--modes=test", "--modes takes train and/or eval"),
+    ],
+)
+def test_the_imagenet_tools_refuse_bad_input_in_one_line(module, flag, message):
+    """As every command does: 'error: ...' on one line, status 1, no traceback."""
+    assert_refused(run_module(module, *flag.split()), message)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lib.core.errors import UserError
 from lib.imagenet.nets.alexnet import AlexNet, AlexNetKSH
 from lib.imagenet.nets.inception import GoogLeNet, GoogLeNetWithAux, InceptionV3, InceptionV3NoAux
 from lib.imagenet.nets.resnet import ResNet18, ResNet34, ResNet50, ResNet101, ResNet152
@@ -181,7 +182,7 @@ REFERENCE_SOURCE: dict[str, str] = {
 }
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """A model name that is not in the registry; the message lists the known ones."""
 
 
