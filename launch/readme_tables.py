@@ -15,12 +15,12 @@ study's tables also show a figure, drawn into --docs from the same files.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
+from experiments import common
 from launch import results
 from lib.core.errors import UserError, inside, storage_error
 
@@ -297,7 +297,10 @@ FIGURES: dict[str, Callable[[Path, Path], None]] = {
 
 
 def write_all(results: Path, readme: Path, docs: Path | None = None) -> None:
-    """Every table into `readme`, and with `docs`, the figures the tables show."""
+    """Every table into `readme`, and with `docs`, the figures the tables show. A `results`
+    that is no folder is refused: its tables would all say that nothing has run."""
+    if not Path(results).is_dir():
+        raise UserError(f"no folder {results}: name the folder of the runs' small files")
     for block, (topic, table) in TABLES.items():
         put_block(readme, block, table(Path(results) / topic))
     if docs is not None:
@@ -313,15 +316,12 @@ def where_to_look(e: BaseException, named: dict[str, str]) -> UserError | None:
     return storage_error(e, holder)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected argument '{argv[1]}'")
+def main() -> None:
     try:
         write_all(Path(FLAGS.results), Path(FLAGS.readme), Path(FLAGS.docs))
-    except (UserError, OSError) as e:
+    except OSError as e:
         named = {"--readme": FLAGS.readme, "--docs": FLAGS.docs, "--results": FLAGS.results}
-        print(f"error: {where_to_look(e, named) or e}", file=sys.stderr)
-        sys.exit(1)
+        raise where_to_look(e, named) or UserError(str(e)) from None
     print(f"wrote {', '.join(TABLES)} into {FLAGS.readme}")
 
 
@@ -329,4 +329,4 @@ if __name__ == "__main__":  # flags of the command only: launch.ladder imports p
     flags.DEFINE_string("results", "results", "Folder of the runs' small files, one per topic.")
     flags.DEFINE_string("readme", "README.md", "The markdown file whose tables are rewritten.")
     flags.DEFINE_string("docs", "docs", "Where the figures the tables show are drawn.")
-    app.run(main)
+    common.run_command(main)

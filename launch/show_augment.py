@@ -11,16 +11,16 @@ so the one-pixel moves can be seen against it.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from lib.core import data
+from lib.core.errors import UserError
 from lib.nielsen import augment
 
 FLAGS = flags.FLAGS
@@ -78,23 +78,18 @@ def plot(columns: list[tuple[str, jax.Array]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"show_augment: unexpected arguments {argv[1:]}; every option is a --flag")
+def main() -> None:
     if not 1 <= FLAGS.num_digits <= 50:
-        sys.exit(f"show_augment: --num_digits must be in [1, 50], got {FLAGS.num_digits}")
+        raise UserError(f"--num_digits must be in [1, 50], got {FLAGS.num_digits}")
     out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.workdir) / "augment.png"
-    try:
-        digits = data.mnist(train_size=FLAGS.num_digits, data_dir=FLAGS.data_dir).train.images
-    except data.DataError as error:
-        sys.exit(f"show_augment: {error}")
+    digits = data.mnist(train_size=FLAGS.num_digits, data_dir=FLAGS.data_dir).train.images
     columns = expansions(jax.random.key(FLAGS.seed), jnp.asarray(digits))
     try:
         plot(columns, out)
     except OSError as error:
-        sys.exit(f"show_augment: cannot write {out} ({error.strerror}); choose another --out")
+        raise UserError(f"cannot write {out} ({error.strerror}); choose another --out") from None
     print(out)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=common.parse_flags)
+    common.run_command(main)

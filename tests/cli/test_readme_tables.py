@@ -245,3 +245,11 @@ def test_every_kept_file_and_figure_the_readme_names_is_there():
         path for path in sorted(named) if not glob.glob(str(ROOT / re.sub(r"<[^>]+>", "*", path)))
     ]
     assert not missing, f"the README names files that are not in the repository: {missing}"
+
+
+def test_a_results_folder_that_is_not_there_leaves_the_readme_alone(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text("<!-- capsules: results -->\n| kept |\n<!-- /capsules -->\n")
+    with pytest.raises(UserError, match=r"no folder .*nowhere: name the folder"):
+        readme_tables.write_all(tmp_path / "nowhere", page)
+    assert "| kept |" in page.read_text()

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from commands import assert_refused, run_module
 
 from lib.core import data
 from lib.nielsen import augment
@@ -265,3 +266,16 @@ def test_augment_config_rejects_bad_values(kwargs):
 def test_resampling_rejects_integer_images():
     with pytest.raises(TypeError, match="floating-point"):
         augment.rotate(jnp.zeros((1, 4, 4, 1), jnp.uint8), 10.0)
+
+
+def test_show_augment_draws_the_expansions_and_refuses_bad_input_in_one_line(tmp_path):
+    out = tmp_path / "augment.png"
+    done = run_module("launch.show_augment", "--num_digits=2", f"--out={out}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out) and out.read_bytes().startswith(b"\x89PNG")
+    assert_refused(run_module("launch.show_augment", "--num_digits=0"), "--num_digits must be")
+    assert_refused(
+        run_module("launch.show_augment", "--num_digits=1", f"--out={out}/x.png"),
+        "cannot write",
+        "choose another --out",
+    )
