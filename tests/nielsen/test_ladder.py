@@ -161,3 +161,14 @@ def test_a_cloud_storage_folder_is_refused_in_one_line(tmp_path):
     )
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--results=gs://bucket/kept: cloud storage paths are not supported" in done.stderr
+
+
+def test_a_table_of_a_workdir_that_is_not_there_leaves_the_readme_alone(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text("<!-- ladder table -->\n| kept |\n<!-- /ladder table -->\n")
+    done = run_module(
+        "launch.ladder", "--table_only", f"--workdir={tmp_path}/nowhere", f"--readme={page}"
+    )
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"no folder {tmp_path}/nowhere: --table_only tables the finished runs" in done.stderr
+    assert "| kept |" in page.read_text()
