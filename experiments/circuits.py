@@ -43,7 +43,7 @@ from experiments import common
 from lib.core import config as config_lib
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Setting
 from lib.core.errors import UserError
-from lib.core.metrics import prepare_workdir, write_json
+from lib.core.metrics import prepare_workdir, refuse_other_command, write_json
 from lib.karpathy import gates
 from lib.karpathy import svm as svm_lib
 
@@ -427,6 +427,7 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
     default_workdir = "runs/circuits_check" if config["check"] else "runs/circuits"
     config = {**config, "workdir": config["workdir"] or default_workdir}
     root = prepare_workdir(config["workdir"])
+    refuse_other_command(root, config)
     write_json(root / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
     if config["check"]:

@@ -41,7 +41,7 @@ from experiments import common
 from lib.core import config as config_lib
 from lib.core.config import AT_LEAST_1, NON_NEGATIVE, POSITIVE, Range, Setting
 from lib.core.errors import UserError
-from lib.core.metrics import prepare_workdir, write_json
+from lib.core.metrics import prepare_workdir, refuse_other_command, write_json
 from lib.karpathy import svm as svm_lib
 
 FLAGS = flags.FLAGS
@@ -368,6 +368,7 @@ def run(overrides: Mapping[str, Any], workdir: str | None = None, verbose: bool 
         resolve({**overrides, "workdir": workdir or overrides.get("workdir")})
     )
     root = prepare_workdir(config["workdir"])
+    refuse_other_command(root, config)
     write_json(root / "config.json", config)
     say = print if verbose else (lambda *a, **k: None)
     started = time.perf_counter()

@@ -76,6 +76,33 @@ def keep_results(workdir: Path, results: Path) -> None:
             (results / f".{name}.tmp").replace(results / name)
 
 
+def check_kept(results: Path, config: dict) -> None:
+    """UserError if `results` keeps a run with other settings than `config` (the resolved
+    settings of the run that would be kept there): keeping this one would replace it. The
+    same run gone on for more epochs may replace it."""
+    path = results / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(
+            f"cannot read {path} ({e}); keep the runs under another --results"
+        ) from None
+    ignore = {"workdir", *common.PROGRAM_DEFAULTS}
+    now = json.loads(json.dumps(config, default=str))
+    changed = [
+        f"{k}={saved[k]!r} (this run {now[k]!r})"
+        for k in sorted(saved.keys() & now.keys() - ignore)
+        if saved[k] != now[k] and not (k == "epochs" and now[k] > saved[k])
+    ]
+    if changed:
+        raise UserError(
+            f"{results} keeps a run with other settings ({', '.join(changed)}); keep these "
+            "runs under another --results, or remove that folder"
+        )
+
+
 def kept_already(workdir: Path, results: Path) -> bool:
     """Whether `results` holds the whole of the finished run in `workdir`: its summary.json,
     copied last, is the workdir's."""
@@ -235,6 +262,14 @@ def ladder(root: Path) -> None:
         trained = [n for n in FLAGS.nets if n != "ensemble"]
         if "ensemble" in FLAGS.nets and VOTERS not in trained:
             trained.append(VOTERS)  # the ensemble is the vote of these runs
+        if FLAGS.results and Path(FLAGS.results).exists() and not Path(FLAGS.results).is_dir():
+            raise UserError(f"--results={FLAGS.results} is a file; name a folder to keep runs in")
+        for name in trained if FLAGS.results else ():  # before any run starts
+            for seed in seeds:
+                workdir = str(root / name / f"seed={seed}")
+                config = {**given, "net": name, "seed": seed, "workdir": workdir}
+                now = config_lib.as_dict(mnist_convnet.resolve(config))
+                check_kept(Path(FLAGS.results) / name / f"seed={seed}", now)
         # Each run's own stop passes a signal that came too late to stop it on to this one.
         with GracefulStop() as stop:
             for name in trained:

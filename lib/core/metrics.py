@@ -133,6 +133,30 @@ def _show(value: Any) -> str:
     return "none" if value is None else str(value)
 
 
+def refuse_other_command(workdir: str | Path, config: Mapping) -> None:
+    """UserError when workdir/config.json records settings `config` does not have: a run
+    of another command, which a run of this one would write over or mix with."""
+    path = Path(workdir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # none, or not a run's: nothing of a run to protect
+    if isinstance(saved, dict):
+        _refuse_foreign(workdir, saved, config, ())
+
+
+def _refuse_foreign(
+    workdir: str | Path, saved: Mapping, config: Mapping, ignore: Collection[str]
+) -> None:
+    foreign = sorted(set(saved) - set(config) - set(ignore))
+    if foreign:  # the settings both record may well agree
+        shown = ", ".join(foreign[:4]) + (", ..." if len(foreign) > 4 else "")
+        raise UserError(
+            f"{workdir} holds a run of another command (its settings {shown} are not this "
+            "one's); use another --workdir"
+        )
+
+
 def accept_resume(
     workdir: str | Path,
     config: Mapping,
@@ -140,7 +164,8 @@ def accept_resume(
     ignore: Collection[str] = (),
     may_grow: Collection[str] = (),
 ) -> list[str]:
-    """UserError when workdir/config.json records a run with other settings than `config`:
+    """UserError when workdir/config.json records a run with other settings than `config`,
+    or (unless `keys` are given) settings `config` does not have, a run of another command:
     resuming it would mix two runs. Compared are `keys` (default: every setting both record)
     less `ignore` (how a run executes, not what it computes); a setting in `may_grow` may be
     larger than before (more epochs: the run goes on from where it ended), or, for a list,
@@ -160,6 +185,8 @@ def accept_resume(
             f"cannot read {path} ({e}); use another --workdir, or delete that one to start again"
         ) from None
     now = json.loads(json.dumps(_jsonable(dict(config))))
+    if keys is None:
+        _refuse_foreign(workdir, saved, now, ignore)
     names = [k for k in (keys if keys is not None else now) if k in saved and k in now]
     changed, grown = [], []
     for name in names:

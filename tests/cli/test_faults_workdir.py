@@ -219,3 +219,30 @@ def test_the_ladder_reuses_a_finished_run_only_with_the_settings_given_now(tmp_p
     assert done.returncode == 0, done.stderr
     assert [line["epoch"] for line in epochs(run)] == [1, 2]
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize(
+    "module, args, kept",
+    [
+        ("experiments.circuits", [], "main"),
+        ("experiments.svm", ["--nomnist"], "circuits"),
+        (
+            "experiments.mnist_convnet",
+            ["--net=shallow", "--epochs=1", "--train_size=200"],
+            "circuits",
+        ),
+    ],
+)
+def test_a_workdir_holding_another_commands_run_is_refused_and_left_alone(
+    module, args, kept, tmp_path
+):
+    """The settings both runs record may agree (a seed, a workdir); the others' tell."""
+    workdir = tmp_path / kept
+    workdir.mkdir()
+    for name in ("config.json", "summary.json"):
+        (workdir / name).write_bytes((ROOT / "results" / kept / name).read_bytes())
+    before = {p.name: p.read_bytes() for p in workdir.iterdir()}
+    done = run_module(module, *args, f"--workdir={workdir}")
+    assert_refused(done, "holds a run of another command", "use another --workdir")
+    after = {p.name: p.read_bytes() for p in workdir.iterdir() if p.name != ".lock"}
+    assert after == before  # (.lock: the empty file a run holds its workdir by)

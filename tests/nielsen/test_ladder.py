@@ -172,3 +172,27 @@ def test_a_table_of_a_workdir_that_is_not_there_leaves_the_readme_alone(tmp_path
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"no folder {tmp_path}/nowhere: --table_only tables the finished runs" in done.stderr
     assert "| kept |" in page.read_text()
+
+
+def test_a_kept_run_with_other_settings_is_not_replaced(tmp_path):
+    """--results keeping the 60-epoch shallow run: a 1-epoch run on 200 images would
+    replace it; the ladder refuses before training, in one line, and leaves it alone."""
+    kept = tmp_path / "kept" / "shallow" / "seed=0"
+    kept.mkdir(parents=True)
+    for name in ("config.json", "summary.json"):
+        (kept / name).write_bytes((ROOT / "results/ladder/shallow/seed=0" / name).read_bytes())
+    before = (kept / "summary.json").read_bytes()
+    done = run_module(
+        "launch.ladder",
+        "--nets=shallow",
+        "--seeds=0",
+        "--epochs=1",
+        "--train_size=200",
+        f"--workdir={tmp_path}/runs",
+        f"--results={tmp_path}/kept",
+    )
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "keeps a run with other settings (epochs=60 (this run 1)" in done.stderr
+    assert "keep these runs under another --results" in done.stderr
+    assert (kept / "summary.json").read_bytes() == before
+    assert not (tmp_path / "runs").exists()
