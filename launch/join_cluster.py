@@ -23,7 +23,7 @@ from lib.core.parallel import initialize_from_env
 
 
 def join() -> None:
-    if int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1:
+    if "JAX_NUM_PROCESSES" in os.environ:  # launch.local_cluster's, one process or more
         initialize_from_env()
         return
     import jax

@@ -35,13 +35,18 @@ def markers(name: str) -> tuple[str, str]:
 def put_block(markdown: Path, name: str, text: str) -> None:
     """Replace what lies between block `name`'s markers in `markdown` with `text`; blocks
     of one topic ("expanded: quick", "expanded: full") share their closing marker."""
-    first, last = markers(name)
     page = Path(markdown).read_text()
+    Path(markdown).write_text(with_block(page, name, text, markdown))
+
+
+def with_block(page: str, name: str, text: str, markdown: Path | str = "the page") -> str:
+    """`page` with what lies between block `name`'s markers replaced by `text`."""
+    first, last = markers(name)
     start = page.find(first)
     end = page.find(last, start) if start >= 0 else -1
     if end < 0:
         raise UserError(f"{markdown} has no '{first.strip()}' ... '{last.strip()}' markers")
-    Path(markdown).write_text(page[: start + len(first)] + text + page[end:])
+    return page[: start + len(first)] + text + page[end:]
 
 
 def finished(folder: Path) -> tuple[dict, dict] | None:
@@ -49,10 +54,16 @@ def finished(folder: Path) -> tuple[dict, dict] | None:
     summary_file = Path(folder) / "summary.json"
     if not summary_file.exists():
         return None
-    summary = json.loads(summary_file.read_text())
-    if not summary.get("finished"):
-        return None
-    return summary, json.loads((Path(folder) / "config.json").read_text())
+    try:
+        summary = json.loads(summary_file.read_text())
+        if not summary.get("finished"):
+            return None
+        return summary, json.loads((Path(folder) / "config.json").read_text())
+    except (ValueError, AttributeError) as e:
+        raise UserError(
+            f"{folder} holds a damaged summary.json or config.json ({e}); restore it from git "
+            "or rerun that run"
+        ) from None
 
 
 def summaries(folder: Path) -> list[tuple[str, dict, dict]]:
@@ -298,11 +309,14 @@ FIGURES: dict[str, Callable[[Path, Path], None]] = {
 
 def write_all(results: Path, readme: Path, docs: Path | None = None) -> None:
     """Every table into `readme`, and with `docs`, the figures the tables show. A `results`
-    that is no folder is refused: its tables would all say that nothing has run."""
+    that is no folder is refused: its tables would all say that nothing has run. The page
+    is written once, after every table is made: a table that fails leaves it as it was."""
     if not Path(results).is_dir():
         raise UserError(f"no folder {results}: name the folder of the runs' small files")
-    for block, (topic, table) in TABLES.items():
-        put_block(readme, block, table(Path(results) / topic))
+    page = Path(readme).read_text()
+    for block, (topic, table) in TABLES.items():  # every table made before the page is written
+        page = with_block(page, block, table(Path(results) / topic), readme)
+    Path(readme).write_text(page)
     if docs is not None:
         for topic, figure in FIGURES.items():
             figure(Path(results) / topic, Path(docs))

@@ -53,6 +53,12 @@ def vote(folders: list[Path], labels=test_labels) -> dict:
     "dataset", "split"}. `labels(split, dataset)` gives the test labels."""
     if not folders:
         raise UserError("no runs to vote: name their folders")
+    resolved = [Path(f).resolve() for f in folders]
+    twice = sorted(
+        {str(f) for f, r in zip(folders, resolved, strict=True) if resolved.count(r) > 1}
+    )
+    if twice:
+        raise UserError(f"{', '.join(twice)} named more than once: each run votes once")
     members, configs = [], []
     for folder in folders:
         missing = [
@@ -64,7 +70,16 @@ def vote(folders: list[Path], labels=test_labels) -> dict:
                 f"experiments.mnist_convnet or experiments.capsules (or the small files kept "
                 f"of them)"
             )
-        config = json.loads((folder / "config.json").read_text())
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            finished = json.loads((folder / "summary.json").read_text()).get("finished", True)
+        except ValueError as e:
+            raise UserError(f"{folder} holds a damaged config.json or summary.json ({e})") from None
+        if not finished:
+            raise UserError(
+                f"{folder} is a run stopped before its end (its summary says so): finish it "
+                f"with its command, or leave it out"
+            )
         if "split" not in config:
             raise UserError(
                 f"{folder}/config.json records no split, so the order of its test predictions "

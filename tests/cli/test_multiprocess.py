@@ -116,3 +116,19 @@ def test_process_env_sets_the_cluster_contract():
         "--xla_foo=1",
         "--xla_force_host_platform_device_count=4",
     ]
+
+
+def test_a_one_process_cluster_runs_its_module_through_join_cluster(tmp_path):
+    """launch.local_cluster --processes=1 sets JAX_NUM_PROCESSES=1: join_cluster runs the
+    module as it is, instead of looking for a cluster that was never meant."""
+    logs = tmp_path / "logs"
+    code = local_cluster.launch(
+        [sys.executable, "-m", "launch.join_cluster", "tests.multiprocess_worker", str(tmp_path)],
+        num_processes=1,
+        devices_per_process=1,
+        log_dir=str(logs),
+        timeout_s=120,
+        quiet=True,
+    )
+    assert code == 0, (logs / "process_0.log").read_text()
+    assert (tmp_path / "params.npz").exists()

@@ -253,3 +253,23 @@ def test_a_results_folder_that_is_not_there_leaves_the_readme_alone(tmp_path):
     with pytest.raises(UserError, match=r"no folder .*nowhere: name the folder"):
         readme_tables.write_all(tmp_path / "nowhere", page)
     assert "| kept |" in page.read_text()
+
+
+def test_a_page_missing_one_block_is_left_as_it_was(tmp_path):
+    """Every block is made before the page is written: a missing marker changes nothing."""
+    page = tmp_path / "README.md"
+    whole = (ROOT / "README.md").read_text()
+    page.write_text(whole.replace("<!-- /capsules -->", ""))
+    before = page.read_text()
+    (tmp_path / "results").mkdir()  # no runs: every table would change
+    with pytest.raises(UserError, match=r"no '<!-- capsules: results -->' \.\.\. "):
+        readme_tables.write_all(tmp_path / "results", page)
+    assert page.read_text() == before
+
+
+def test_a_damaged_summary_is_named_in_one_error(tmp_path):
+    run = tmp_path / "capsules" / "r3"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text('{"finished": tr')
+    with pytest.raises(UserError, match=r"r3 holds a damaged summary\.json or config\.json"):
+        readme_tables.finished(run)

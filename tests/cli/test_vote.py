@@ -73,6 +73,12 @@ def test_runs_that_cannot_be_voted_together_are_refused_with_the_reason(tmp_path
         vote.vote([tmp_path / "book", tmp_path / "unfinished"], labels)
     with pytest.raises(UserError, match="no folder matches"):
         vote.expand([str(tmp_path / "nothing*")])
+    with pytest.raises(UserError, match="book named more than once: each run votes once"):
+        vote.vote([tmp_path / "book", tmp_path / "short" / ".." / "book"], labels)
+    fake_run(tmp_path / "stopped", TRUTH)
+    (tmp_path / "stopped" / "summary.json").write_text(json.dumps({"finished": False}))
+    with pytest.raises(UserError, match="stopped is a run stopped before its end"):
+        vote.vote([tmp_path / "book", tmp_path / "stopped"], labels)
 
 
 def test_a_run_that_records_no_split_is_refused_not_scored_in_a_guessed_order(tmp_path):
