@@ -114,6 +114,8 @@ def cpu_peak_gflops() -> tuple[float, str] | None:
 
 
 def check_flags() -> None:
+    if not FLAGS.nets:
+        raise UserError(f"--nets takes at least one of {', '.join(nets.NETS[:-1])}")
     for name in FLAGS.nets:
         if name not in nets.RUNGS:
             raise UserError(f"unknown net '{name}'; choose from {', '.join(nets.NETS)}")

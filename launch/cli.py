@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 
 class UsageError(ValueError):
@@ -14,3 +15,11 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def module_exists(name: str) -> bool:
+    """Whether `python -m name` would find a module (importing its parent packages)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # a parent package that is not there
+        return False

@@ -19,6 +19,7 @@ import os
 import runpy
 import sys
 
+from launch.cli import module_exists
 from lib.core.parallel import initialize_from_env
 
 
@@ -46,8 +47,11 @@ def main(argv: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    join()
     module = argv[1]
+    if not module_exists(module):
+        print(f"join_cluster: error: no module named {module!r}", file=sys.stderr)
+        sys.exit(2)
+    join()
     sys.argv = [module, *argv[2:]]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

@@ -256,6 +256,8 @@ def ladder(root: Path) -> None:
         raise UserError(f"unknown rung(s) {unknown}; choose from {', '.join(nets.NETS)}")
     for name in FLAGS.nets:  # every setting checked before any run starts
         mnist_convnet.resolve({**given, "net": name, "seed": min(seeds, default=0)})
+    if FLAGS.figure and Path(FLAGS.figure).is_dir():
+        raise UserError(f"--figure={FLAGS.figure} is a folder; name a PNG file")
     if FLAGS.table_only and not root.is_dir():  # its table would say that nothing has run
         raise UserError(f"no folder {root}: --table_only tables the finished runs in --workdir")
     if not FLAGS.table_only:

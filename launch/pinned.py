@@ -13,6 +13,8 @@ import os
 import runpy
 import sys
 
+from launch.cli import module_exists
+
 
 def usage_error(message: str) -> None:
     """As `launch.join_cluster`, the other command that runs a module: one line, status 2."""
@@ -28,6 +30,8 @@ def main(argv: list[str]) -> None:
         os.sched_setaffinity(0, {int(core) for core in cores.split(",")})
     except (ValueError, OSError) as e:
         usage_error(f"cannot pin to cores '{cores}': {e}")
+    if not module_exists(module):
+        usage_error(f"no module named {module!r}")
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

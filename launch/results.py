@@ -260,6 +260,15 @@ def report(
 ) -> str:
     """Writes results.csv, results.md and the plots; returns the markdown it wrote."""
     runs, flag_names = load(sweep_dir)
+    done = [r for r in runs if r.status == DONE]
+    if done and all(r.metric(metric) is None for r in done):  # a misspelt --metric
+        numbers = sorted(
+            k for r in done for k in r.summary if r.metric(k) is not None and "test" not in k
+        )
+        raise UsageError(
+            f"--metric={metric}: no finished run's summary has it; choose one of "
+            f"{', '.join(dict.fromkeys(numbers))}"
+        )
     write_csv(os.path.join(sweep_dir, "results.csv"), runs, flag_names, metric)
     text = markdown_table(runs, flag_names, metric)
     groups = {tuple(v for k, v in r.flags.items() if k != average_over) for r in runs}

@@ -82,12 +82,15 @@ def main() -> None:
     if not 1 <= FLAGS.num_digits <= 50:
         raise UserError(f"--num_digits must be in [1, 50], got {FLAGS.num_digits}")
     out = Path(FLAGS.out) if FLAGS.out else Path(FLAGS.workdir) / "augment.png"
+    flag = "--out" if FLAGS.out else "--workdir"
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; name a PNG file with --out")
     digits = data.mnist(train_size=FLAGS.num_digits, data_dir=FLAGS.data_dir).train.images
     columns = expansions(jax.random.key(FLAGS.seed), jnp.asarray(digits))
     try:
         plot(columns, out)
     except OSError as error:
-        raise UserError(f"cannot write {out} ({error.strerror}); choose another --out") from None
+        raise UserError(f"cannot write {out} ({error.strerror}); choose another {flag}") from None
     print(out)
 
 

@@ -51,6 +51,7 @@ def test_benchmark_prints_a_row_per_case_layout_and_path():
         ("--batch_sizes=0", "--batch_sizes takes whole numbers of at least 1"),
         ("--batch_sizes=50001", "--batch_sizes must be at most 50,000"),
         ("--paths=fastest", "unknown path 'fastest'"),
+        ("--nets=", "--nets takes at least one of shallow, conv1"),
         ("--steps_per_call=0", "--steps_per_call takes auto or whole numbers of at least 1"),
     ],
 )
@@ -123,7 +124,11 @@ except UserError as e:
 
 @pytest.mark.parametrize(
     "args, message",
-    [(["0"], "pinned: error: give the cores and the module"), (["9999", "x"], "cannot pin")],
+    [
+        (["0"], "pinned: error: give the cores and the module"),
+        (["9999", "x"], "cannot pin"),
+        (["0", "launch.nope"], "pinned: error: no module named 'launch.nope'"),
+    ],
 )
 def test_pinned_refuses_bad_input_in_one_line(args, message):
     done = subprocess.run(

@@ -132,3 +132,15 @@ def test_a_one_process_cluster_runs_its_module_through_join_cluster(tmp_path):
     )
     assert code == 0, (logs / "process_0.log").read_text()
     assert (tmp_path / "params.npz").exists()
+
+
+def test_join_cluster_names_a_module_that_is_not_there_in_one_line():
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.join_cluster", "experiments.nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert done.stderr == "join_cluster: error: no module named 'experiments.nope'\n"

@@ -391,8 +391,13 @@ def test_results_command(tmp_path, capsys):
     assert "| 1 | 0 | 0.9000 | 0.8000 |" in capsys.readouterr().out
     assert results.main([str(d), "--metric=test_accuracy"]) == 2
     assert results.main([str(tmp_path / "nowhere")]) == 2
+    assert results.main([str(d), "--metric=best_val_acuracy", "--no_plots"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and all(line.startswith("results: error: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("results: error: ") for line in err)
+    assert err[2] == (
+        "results: error: --metric=best_val_acuracy: no finished run's summary has it; "
+        "choose one of best_val_accuracy"
+    )
 
 
 def test_a_cloud_storage_sweep_dir_is_refused(tmp_path, monkeypatch, capsys):

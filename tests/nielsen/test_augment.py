@@ -279,3 +279,9 @@ def test_show_augment_draws_the_expansions_and_refuses_bad_input_in_one_line(tmp
         "cannot write",
         "choose another --out",
     )
+    assert_refused(run_module("launch.show_augment", f"--out={tmp_path}"), "is a folder")
+    (tmp_path / "file").write_text("")
+    assert_refused(
+        run_module("launch.show_augment", "--num_digits=1", f"--workdir={tmp_path}/file"),
+        "choose another --workdir",
+    )

@@ -196,3 +196,11 @@ def test_a_kept_run_with_other_settings_is_not_replaced(tmp_path):
     assert "keep these runs under another --results" in done.stderr
     assert (kept / "summary.json").read_bytes() == before
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_figure_that_names_a_folder_is_refused(tmp_path):
+    done = run_module(
+        "launch.ladder", "--table_only", f"--workdir={tmp_path}", f"--figure={tmp_path}"
+    )
+    assert done.returncode == 1 and f"--figure={tmp_path} is a folder" in done.stderr
+    assert not (tmp_path.parent / f"{tmp_path.name}.png").exists()
