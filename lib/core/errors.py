@@ -33,21 +33,26 @@ class DivergedError(RuntimeError):
 # The OS errors that the machine causes, not the code, and what to do about each.
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 DENIED_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+# A path of the wrong kind: a file where a folder goes, or a folder where a file does.
+PATH_ERRNOS = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST)
 
 
 def storage_error(
     e: BaseException, flag: str | None = "--workdir", folder: str | os.PathLike | None = None
 ) -> UserError | None:
     """The UserError to report in place of `e` when it is an OSError of a full disk or
-    quota, a permission denied or a read-only file system, naming the file and what to do
+    quota, a permission denied, a read-only file system or a path of the wrong kind (a file
+    where a folder goes, or the reverse), naming the file and what to do
     (`flag`: the option that names another folder, if any, suggested only for a file
     inside `folder`, the one it names now, when that is known); None for any other
     exception, a bug to raise as it is."""
-    if not isinstance(e, OSError) or e.errno not in (*FULL_ERRNOS, *DENIED_ERRNOS):
+    if not isinstance(e, OSError) or e.errno not in (*FULL_ERRNOS, *DENIED_ERRNOS, *PATH_ERRNOS):
         return None
     cause = (e.strerror or os.strerror(e.errno)).lower()
     file = f" for {e.filename}" if e.filename is not None else ""
-    todo = "free some space" if e.errno in FULL_ERRNOS else "check the folder's permissions"
+    todo = {**dict.fromkeys(FULL_ERRNOS, "free some space"),
+            **dict.fromkeys(DENIED_ERRNOS, "check the folder's permissions"),
+            **dict.fromkeys(PATH_ERRNOS, "fix the path")}[e.errno]  # fmt: skip
     if flag is not None and (folder is None or e.filename is None or inside(e.filename, folder)):
         todo += f" or choose another {flag}"
     return UserError(f"{cause}{file}; {todo}")

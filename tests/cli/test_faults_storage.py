@@ -3,9 +3,11 @@ any other OS error is a bug, and keeps its traceback."""
 
 import errno
 import os
+import subprocess
+import sys
 
 import pytest
-from commands import assert_refused, run_module
+from commands import ROOT, assert_refused, run_module
 
 from experiments import common
 from launch import results
@@ -43,10 +45,9 @@ def test_a_storage_error_ends_the_run_in_one_line(code, capsys):
     "error",
     [
         FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/runs/mnist/config.json"),
-        IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), "/runs/mnist"),
         OSError("a library's own error, with no errno"),
     ],
-    ids=["ENOENT", "EISDIR", "no errno"],
+    ids=["ENOENT", "no errno"],
 )
 def test_other_os_errors_still_raise(error, capsys):
     with pytest.raises(OSError) as raised:
@@ -98,3 +99,20 @@ def test_another_folder_is_suggested_only_for_a_file_inside_the_one_named_now():
     assert line("runs/a/checkpoints/7").endswith("free some space or choose another --workdir")
     assert line("README.md").endswith("; free some space")  # --workdir would not help
     assert line("runs/ab/x").endswith("; free some space")  # a sibling, not inside
+
+
+def test_a_file_where_a_folder_goes_is_named_in_one_line(tmp_path):
+    """A path of the wrong kind is the user's to fix, not a traceback."""
+    error = storage_error(OSError(errno.ENOTDIR, "Not a directory", "a/b"), "--workdir")
+    assert str(error) == "not a directory for a/b; fix the path or choose another --workdir"
+    (tmp_path / "afile").write_text("")
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.sweep", "experiments.circuits",
+         f"--sweep_dir={tmp_path}/afile", "--grid", "seed=0,1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"sweep: error: file exists for {tmp_path}/afile; fix the path or choose another "
+        "--sweep_dir"
+    )
