@@ -165,6 +165,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.timeout_s is not None and args.timeout_s <= 0:
+        print(f"local_cluster: error: --timeout_s must be positive, got {args.timeout_s:g}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.log_dir and os.path.exists(args.log_dir) and not os.path.isdir(args.log_dir):
+        print(f"local_cluster: error: --log_dir={args.log_dir} is a file; name a folder",
+              file=sys.stderr)  # fmt: skip
+        return 2
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="local_cluster_")
     target = [args.module] if args.module.endswith(".py") else ["-m", args.module]
     command = [sys.executable, *target, *args.module_args]

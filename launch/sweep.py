@@ -641,6 +641,8 @@ def sweep(argv: Sequence[str]) -> int:
         raise SpecError(f"--parallel must be at least 1, got {args.parallel}")
     if args.gpus is not None and args.mode == "inprocess":
         raise SpecError("--gpus runs one subprocess per GPU; it does not go with --mode=inprocess")
+    if args.sweep_seed < 0:
+        raise SpecError(f"--sweep_seed must be at least 0, got {args.sweep_seed}")
     runs = expand(args.specs, args.num_trials, args.sweep_seed)
     gpus = _gpu_ids(args.gpus) if args.gpus is not None else None
 

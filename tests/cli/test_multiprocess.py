@@ -144,3 +144,18 @@ def test_join_cluster_names_a_module_that_is_not_there_in_one_line():
     )
     assert done.returncode == 2
     assert done.stderr == "join_cluster: error: no module named 'experiments.nope'\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timeout_s=-1"], "--timeout_s must be positive, got -1"),
+        (["--log_dir={file}"], "is a file; name a folder"),
+    ],
+)
+def test_local_cluster_refuses_bad_settings_in_one_line(args, message, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    argv = [a.format(file=tmp_path / "file") for a in args]
+    assert local_cluster.main([*argv, "launch.join_cluster", "experiments.circuits"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("local_cluster: error: ") and message in err

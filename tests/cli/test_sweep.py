@@ -115,6 +115,7 @@ def test_run_names_are_stable_and_filesystem_safe():
         (["--grid", "seed=1", "--parallel=0"], "at least 1"),
         (["--grid", "seed=1", "--gpus=0", "--mode=inprocess"], "inprocess"),
         (["--grid", "seed=1", "--gpus=a,b"], "GPU indices"),
+        (["--random", "lr=uniform:0:1", "--num_trials=1", "--sweep_seed=-1"], "at least 0"),
     ],
 )
 def test_bad_specs_get_one_clear_line(argv, message, tmp_path, capsys):
