@@ -89,13 +89,11 @@ def check_kept(results: Path, config: dict) -> None:
         raise UserError(
             f"cannot read {path} ({e}); keep the runs under another --results"
         ) from None
-    ignore = {"workdir", *common.PROGRAM_DEFAULTS}
     now = json.loads(json.dumps(config, default=str))
-    changed = [
-        f"{k}={saved[k]!r} (this run {now[k]!r})"
-        for k in sorted(saved.keys() & now.keys() - ignore)
-        if saved[k] != now[k] and not (k == "epochs" and now[k] > saved[k])
-    ]
+    ignore = {"workdir", *common.PROGRAM_DEFAULTS}
+    names = sorted(saved.keys() & now.keys())
+    differ, _ = metrics.setting_changes(saved, now, names, ignore, may_grow={"epochs"})
+    changed = [f"{k}={before!r} (this run {after!r})" for k, before, after in differ]
     if changed:
         raise UserError(
             f"{results} keeps a run with other settings ({', '.join(changed)}); keep these "

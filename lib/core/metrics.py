@@ -157,6 +157,35 @@ def _refuse_foreign(
         )
 
 
+def setting_changes(
+    saved: Mapping,
+    now: Mapping,
+    names: Iterable[str],
+    ignore: Collection[str] = (),
+    may_grow: Collection[str] = (),
+) -> tuple[list[tuple[str, Any, Any]], list[str]]:
+    """How the settings `names` of `now` differ from those `saved` (JSON values): the
+    (name, saved, now) of each that changed, and the names of those in `may_grow` that only
+    grew (a larger number, or a list extended with the same items first); `ignore`d ones
+    are left out."""
+    changed, grown = [], []
+    for name in names:
+        before, after = saved[name], now[name]
+        if name in ignore or before == after:
+            continue
+        numbers = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)
+        )
+        extended = (
+            isinstance(before, list) and isinstance(after, list) and after[: len(before)] == before
+        )
+        if name in may_grow and ((numbers and after > before) or extended):
+            grown.append(name)
+        else:
+            changed.append((name, before, after))
+    return changed, grown
+
+
 def accept_resume(
     workdir: str | Path,
     config: Mapping,
@@ -188,21 +217,8 @@ def accept_resume(
     if keys is None:
         _refuse_foreign(workdir, saved, now, ignore)
     names = [k for k in (keys if keys is not None else now) if k in saved and k in now]
-    changed, grown = [], []
-    for name in names:
-        before, after = saved[name], now[name]
-        if name in ignore or before == after:
-            continue
-        numbers = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)
-        )
-        extended = (
-            isinstance(before, list) and isinstance(after, list) and after[: len(before)] == before
-        )
-        if name in may_grow and ((numbers and after > before) or extended):
-            grown.append(name)
-        else:
-            changed.append(f"{name}={_show(before)} (now {_show(after)})")
+    differ, grown = setting_changes(saved, now, names, ignore, may_grow)
+    changed = [f"{name}={_show(before)} (now {_show(after)})" for name, before, after in differ]
     if changed:
         growable = f" ({', '.join(may_grow)} may grow)" if may_grow else ""
         raise UserError(
